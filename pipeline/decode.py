@@ -1,0 +1,165 @@
+"""Video (and image) decoding with decord: container info, frames in bounded-memory chunks, sampling.
+
+Frames are ``(N, H, W, 3) uint8`` RGB, indexed by their position in the video (``frame_index (N,)
+int64``). A still image is a one-frame input (``fps = 0.0``), so photos go through the same face
+tracking and landmark stages as videos. Inputs that cannot be decoded (missing, zero bytes, not a
+video) raise ``UnreadableVideo``; videos shorter than ``DecodeConfig.min_frames`` raise ``TooShort``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import TooShort, UnreadableVideo
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How frames are read.
+
+    chunk_frames: frames decoded per chunk; bounds memory at chunk_frames * H * W * 3 bytes.
+    max_frames: keep at most this many frames (after ``stride``) from the start; None keeps all.
+    stride: keep every stride-th frame (1 keeps all).
+    min_frames: a video with fewer frames (after stride and max_frames) is rejected as too short; a
+        still image is always one frame and exempt.
+    num_threads: decoder threads (0 lets FFmpeg decide).
+    """
+
+    chunk_frames: int = 64
+    max_frames: int | None = None
+    stride: int = 1
+    min_frames: int = 8
+    num_threads: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What a container holds: ``num_frames`` decodable frames of ``height x width`` at ``fps``."""
+
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    is_image: bool
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UnreadableVideo(f"{path}: no such file")
+    if not path.is_file():
+        raise UnreadableVideo(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise UnreadableVideo(f"{path}: file is empty (0 bytes)")
+
+
+def _load_image(path: Path) -> np.ndarray:
+    """One still image as (H, W, 3) uint8 RGB (grey and RGBA images are converted)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UnreadableVideo(f"{path}: not a readable image (cv2.imread failed)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _open_video(path: Path, num_threads: int):
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+    except Exception as err:  # decord raises its own DECORDError and RuntimeError for bad containers
+        raise UnreadableVideo(f"{path}: not a decodable video ({type(err).__name__}: {err})") from err
+    if len(reader) == 0:
+        raise UnreadableVideo(f"{path}: video has no frames")
+    return reader
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def video_info(path: str | Path, config: DecodeConfig = DecodeConfig()) -> VideoInfo:
+    """Reads the container header (and the first frame's size) of a video or image."""
+    path = Path(path)
+    _check_file(path)
+    if is_image_path(path):
+        height, width = _load_image(path).shape[:2]
+        return VideoInfo(str(path), 1, 0.0, height, width, True)
+    reader = _open_video(path, config.num_threads)
+    height, width = reader[0].shape[:2]
+    fps = float(reader.get_avg_fps())
+    return VideoInfo(str(path), len(reader), fps, int(height), int(width), False)
+
+
+def sample_frame_indices(num_frames: int, config: DecodeConfig = DecodeConfig()) -> np.ndarray:
+    """The frames ``config`` keeps from a video of ``num_frames``: frame_index (N,) int64, ascending."""
+    assert config.stride >= 1, f"stride must be >= 1, got {config.stride}"
+    indices = np.arange(0, num_frames, config.stride, dtype=np.int64)
+    if config.max_frames is not None:
+        indices = indices[: config.max_frames]
+    return indices
+
+
+def read_frames(
+    path: str | Path, frame_index: Sequence[int], config: DecodeConfig = DecodeConfig()
+) -> np.ndarray:
+    """Decodes the given frames at once: frame_index (N,) -> frames (N, H, W, 3) uint8 RGB.
+
+    Use it for a few frames (detection sampling); stream whole videos with ``iter_frames``.
+    """
+    path = Path(path)
+    _check_file(path)
+    frame_index = np.asarray(frame_index, dtype=np.int64)
+    if is_image_path(path):
+        if np.any(frame_index != 0):
+            raise ValueError(f"{path}: an image has only frame 0, asked for {frame_index.tolist()}")
+        return np.repeat(_load_image(path)[None], len(frame_index), axis=0)
+    reader = _open_video(path, config.num_threads)
+    if len(frame_index) and (frame_index.min() < 0 or frame_index.max() >= len(reader)):
+        raise ValueError(f"{path}: frame indices outside [0, {len(reader)})")
+    try:
+        return reader.get_batch(frame_index.tolist()).asnumpy()
+    except Exception as err:
+        raise UnreadableVideo(f"{path}: decoding failed ({type(err).__name__}: {err})") from err
+
+
+def iter_frames(
+    path: str | Path, config: DecodeConfig = DecodeConfig()
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Streams the kept frames in chunks: yields (frame_index (N,) int64, frames (N, H, W, 3) uint8 RGB).
+
+    At most ``config.chunk_frames`` frames are in memory per chunk. Raises ``UnreadableVideo`` before
+    the first chunk for undecodable inputs and ``TooShort`` for videos with fewer than
+    ``config.min_frames`` kept frames.
+    """
+    path = Path(path)
+    info = video_info(path, config)
+    if info.is_image:
+        yield np.zeros(1, np.int64), _load_image(path)[None]
+        return
+    indices = check_length(info, config)
+    reader = _open_video(path, config.num_threads)
+    for start in range(0, len(indices), config.chunk_frames):
+        chunk = indices[start : start + config.chunk_frames]
+        try:
+            frames = reader.get_batch(chunk.tolist()).asnumpy()
+        except Exception as err:
+            raise UnreadableVideo(f"{path}: decoding failed at frame {chunk[0]} ({err})") from err
+        yield chunk, frames
+
+
+def check_length(info: VideoInfo, config: DecodeConfig = DecodeConfig()) -> np.ndarray:
+    """The kept frame indices of ``info``'s video, raising ``TooShort`` when too few remain."""
+    if info.is_image:
+        return np.zeros(1, np.int64)
+    indices = sample_frame_indices(info.num_frames, config)
+    if len(indices) < config.min_frames:
+        raise TooShort(f"{info.path}: {len(indices)} frames, at least {config.min_frames} needed")
+    return indices
