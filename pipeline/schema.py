@@ -1,0 +1,133 @@
+"""The preprocessing output: layout under the output URI, shard and per-video schemas, encodings.
+
+Layout (``OUT`` is the job's ``--output`` URI):
+
+    OUT/config.yaml                  resolved config of the last run
+    OUT/summary.json                 run summary (videos ok / failed by reason, frames, frames/s)
+    OUT/videos.parquet               per-video table (one row per input video, ok or failed)
+    OUT/shards/<video_id>.parquet    frame shard of one video (one row per kept frame, in frame order)
+    OUT/records/<video_id>.json      per-video record; written last, it marks the video as done
+    OUT/contact_sheets/<video_id>.png  crop + landmarks | NMFC | mask | flow, a few frames
+
+Why one shard per video with one row per frame: training samples K consecutive frames of one video, which
+is then a contiguous row range of one file (row groups of ``ROW_GROUP_FRAMES`` frames keep such reads
+small), and per-clip rows would store every frame K times over. A shard is written in one atomic put
+(S3) or rename (local), so readers never see a partial shard; its record is written after it, so a rerun
+redoes exactly the videos without a record for the current config hash, overwriting any shard a crash
+left behind (same name, same content): no duplicate rows.
+
+Frame shard columns (``FRAME_SCHEMA``); images decode with ``decode_image``, flow with ``decode_flow``:
+
+| column          | type                        | meaning                                                   |
+|-----------------|-----------------------------|-----------------------------------------------------------|
+| identity        | string                      | identity label (manifest, or the file stem)              |
+| video_id        | string                      | stable id of the source video                            |
+| frame_index     | int32                       | index of the frame in the source video                   |
+| rgb             | binary                      | face crop, JPEG or PNG (config ``rgb_format``), S x S x 3 |
+| nmfc            | binary                      | NMFC image (Eq. 3), PNG, lossless 8-bit RGB               |
+| mask            | binary                      | foreground mask, PNG, 0/255 grey                          |
+| flow            | binary                      | flow to the next frame, float16 (S, S, 2) little-endian   |
+| landmarks_px    | fixed_size_list<float32>[136] | 68 (x, y) landmarks in crop pixels (model/camera.py)    |
+| expression      | list<float32>               | 3DMM expression coefficients of the frame (N_exp)        |
+| camera          | fixed_size_list<float32>[7] | (pitch, yaw, roll, tx, ty, tz, scale), crop pixels        |
+| mouth_box_px    | fixed_size_list<int32>[4]   | mouth crop (x0, y0, x1, y1) for the mouth discriminator   |
+
+Per-video table columns: see ``VIDEO_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+ROW_GROUP_FRAMES = 64
+SHARDS_DIR = "shards"
+RECORDS_DIR = "records"
+CONTACT_SHEETS_DIR = "contact_sheets"
+VIDEOS_TABLE = "videos.parquet"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+FRAME_SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("video_id", pa.string()),
+        ("frame_index", pa.int32()),
+        ("rgb", pa.binary()),
+        ("nmfc", pa.binary()),
+        ("mask", pa.binary()),
+        ("flow", pa.binary()),
+        ("landmarks_px", pa.list_(pa.float32(), 136)),
+        ("expression", pa.list_(pa.float32())),
+        ("camera", pa.list_(pa.float32(), 7)),
+        ("mouth_box_px", pa.list_(pa.int32(), 4)),
+    ]
+)
+
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("identity", pa.string()),
+        ("source", pa.string()),  # source URI (credentials redacted)
+        ("status", pa.string()),  # "ok" or "failed"
+        ("reason", pa.string()),  # short code for failures ("no_face", ...), "" when ok
+        ("message", pa.string()),  # sentence for people
+        ("frame_count", pa.int32()),  # frames in the source video
+        ("kept_frames", pa.int32()),  # rows in the shard
+        ("fps", pa.float32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("crop_size", pa.int32()),
+        ("identity_coefficients", pa.list_(pa.float32())),  # 3DMM identity (N_id,)
+        ("landmark_error_iod", pa.float32()),  # mean fit error, fraction of inter-ocular distance
+        ("fit_converged", pa.bool_()),
+        ("config_hash", pa.string()),
+        ("shard", pa.string()),  # shard path relative to the output URI, "" when failed
+        ("seconds", pa.float32()),  # processing time of the video, all stages
+        ("stage_seconds", pa.string()),  # JSON {stage: seconds}
+    ]
+)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an image (H, W, 3) uint8 RGB or (H, W) uint8/bool grey; lossless."""
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
+    return data.tobytes()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of an RGB image (H, W, 3) uint8."""
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return data.tobytes()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Inverse of ``encode_png``/``encode_jpeg``: (H, W, 3) uint8 RGB or (H, W) uint8 grey."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("not a PNG or JPEG image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+def encode_flow(flow: np.ndarray) -> bytes:
+    """Flow (H, W, 2) float -> float16 little-endian bytes (Parquet's own compression applies)."""
+    return np.ascontiguousarray(flow, dtype="<f2").tobytes()
+
+
+def decode_flow(data: bytes, size: int) -> np.ndarray:
+    """Inverse of ``encode_flow`` for a square crop of ``size`` pixels: (size, size, 2) float32."""
+    return np.frombuffer(data, "<f2").reshape(size, size, 2).astype(np.float32)

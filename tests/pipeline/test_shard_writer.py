@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pipeline import schema, shard_writer
+
+
+def frame_columns(t: int = 5, size: int = 32) -> dict:
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (t, size, size, 3), dtype=np.uint8)
+    return {
+        "identity": ["alice"] * t,
+        "video_id": ["v-1"] * t,
+        "frame_index": list(range(t)),
+        "rgb": [schema.encode_png(c) for c in crops],
+        "nmfc": [schema.encode_png(c) for c in crops[::-1]],
+        "mask": [schema.encode_png(c[..., 0] > 128) for c in crops],
+        "flow": [schema.encode_flow(np.full((size, size, 2), k, np.float32)) for k in range(t)],
+        "landmarks_px": rng.uniform(0, size, (t, 136)).astype(np.float32).tolist(),
+        "expression": rng.uniform(0, 1, (t, 53)).astype(np.float32).tolist(),
+        "camera": rng.normal(size=(t, 7)).astype(np.float32).tolist(),
+        "mouth_box_px": [[1, 2, 3, 4]] * t,
+    }, crops
+
+
+def test_shard_round_trips_through_plain_pyarrow_and_pandas(tmp_path):
+    columns, crops = frame_columns()
+    relative = shard_writer.write_shard(str(tmp_path), "v-1", columns)
+    assert relative == "shards/v-1.parquet"
+    table = pq.read_table(tmp_path / relative)
+    assert table.schema.equals(schema.FRAME_SCHEMA) and table.num_rows == 5
+    frame = pd.read_parquet(tmp_path / relative).iloc[3]
+    assert np.array_equal(schema.decode_image(frame["rgb"]), crops[3])  # PNG is lossless
+    assert np.array_equal(schema.decode_image(frame["mask"]), (crops[3][..., 0] > 128).astype(np.uint8) * 255)
+    assert np.all(schema.decode_flow(frame["flow"], 32) == 3.0)
+    assert np.asarray(frame["landmarks_px"]).shape == (136,)
+    assert not list((tmp_path / "shards").glob("*.tmp-*"))
+
+
+def test_records_table_and_summary(tmp_path):
+    base = {k: None for k in schema.VIDEO_SCHEMA.names}
+    ok = base | dict(
+        video_id="a",
+        identity="a",
+        status="ok",
+        reason="",
+        kept_frames=10,
+        config_hash="h",
+        stage_seconds=json.dumps({"fit": 1.0, "decode_crop": 2.0}),
+    )
+    bad = base | dict(
+        video_id="b",
+        identity="b",
+        status="failed",
+        reason="no_face",
+        kept_frames=0,
+        config_hash="h",
+        stage_seconds=json.dumps({"decode_crop": 0.5}),
+    )
+    for record in (bad, ok):
+        shard_writer.write_record(str(tmp_path), record)
+    records = shard_writer.read_records(str(tmp_path))
+    assert [r["video_id"] for r in records] == ["a", "b"]
+    shard_writer.write_videos_table(str(tmp_path), records)
+    videos = pd.read_parquet(tmp_path / schema.VIDEOS_TABLE)
+    assert list(videos["status"]) == ["ok", "failed"] and list(videos["reason"]) == ["", "no_face"]
+    summary = shard_writer.summarise(records, {"a", "b"}, wall_s=2.0)
+    assert summary["videos_ok"] == 1 and summary["failed_by_reason"] == {"no_face": 1}
+    assert summary["frames_this_run"] == 10 and summary["frames_per_s"] == 5.0
+    assert summary["stage_seconds"] == {"decode_crop": 2.5, "fit": 1.0}
+
+
+def test_contact_sheet_layout():
+    t, s = 6, 64
+    crops = np.zeros((t, s, s, 3), np.uint8)
+    landmarks = np.full((t, 68, 2), s / 2, np.float32)
+    sheet = shard_writer.contact_sheet(
+        crops,
+        landmarks,
+        crops,
+        np.ones((t, s, s), bool),
+        np.ones((t, s, s, 2), np.float32),
+        frames=3,
+        tile_px=40,
+    )
+    assert sheet.shape == (120, 160, 3)
+    assert sheet[20, 20, 1] == 255  # a landmark dot on the crop tile
+    assert np.all(sheet[:, 80:120] == 255)  # the mask tile is white where the mask is set
