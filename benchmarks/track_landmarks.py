@@ -1,0 +1,143 @@
+"""Face tracking and landmark throughput on the shared clips; ``--dump DIR`` writes their landmarks.
+
+    python -m benchmarks.track_landmarks                 # throughput; last stdout line is one JSON object
+    python -m benchmarks.track_landmarks --dump /tmp/h2h_landmarks
+
+Throughput (frames/s, one torch thread unless --threads): decoding, MTCNN detection (per detection
+frame, on the downscaled frame), tracking (detection + linking, per kept frame), cropping, landmarks per
+available backend (dlib always; FAN when its weights are present locally), and end to end.
+
+``--dump DIR`` runs decode -> track -> crop -> dlib landmarks on every frame of every clip and writes
+``DIR/<clip_stem>.npz`` with ``landmarks_px (T, 68, 2) float32`` (crop pixels), ``frame_index (T,)
+int64``, ``crop_size`` (int), ``fps`` (float), and the crop transform (``crop_center_px (T, 2)``,
+``crop_side_px (T,)`` frame pixels; see pipeline/face_track.py) and ``frame_hw``; rejected clips are
+listed with their reason in ``DIR/summary.json``; ``DIR/DONE`` is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.decode import DecodeConfig, iter_frames
+from pipeline.errors import VideoRejected
+from pipeline.face_track import (
+    FaceTrackConfig,
+    crop_faces,
+    detect_faces,
+    detection_frames,
+    track_video,
+)
+from pipeline.landmarks import LandmarkConfig, detect_landmarks, fan_weights_path, landmarks_for_video
+
+VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
+
+
+def dump_landmarks(videos: list[Path], out_dir: Path, decode_config: DecodeConfig) -> dict:
+    """Landmarks of every kept frame of each video to ``out_dir/<stem>.npz``; returns a summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for path in videos:
+        start = time.perf_counter()
+        try:
+            result = landmarks_for_video(path, decode_config)
+        except VideoRejected as err:
+            summary[path.stem] = {"rejected": err.reason, "message": str(err)}
+            print(f"{path.name}: rejected ({err.reason}): {err}", flush=True)
+            continue
+        seconds = time.perf_counter() - start
+        # Written under a temporary name and renamed, so a reader never sees a half-written file.
+        partial = out_dir / f"{path.stem}.partial.npz"
+        np.savez(
+            partial,
+            landmarks_px=result.landmarks_px,
+            frame_index=result.frame_index,
+            crop_size=np.int64(result.crop_size),
+            fps=np.float64(result.fps),
+            crop_center_px=result.track.crop_center_px,
+            crop_side_px=result.track.crop_side_px,
+            frame_hw=np.array(result.track.frame_hw, np.int64),
+        )
+        os.replace(partial, out_dir / f"{path.stem}.npz")
+        summary[path.stem] = {"frames": len(result.frame_index), "seconds": round(seconds, 2)}
+        print(f"{path.name}: {len(result.frame_index)} frames in {seconds:.1f} s", flush=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "DONE").write_text("done\n")
+    return summary
+
+
+def measure(videos: list[Path], frames_per_clip: int) -> dict:
+    """Throughput of each step on the first ``frames_per_clip`` frames of each video."""
+    decode_config = DecodeConfig(max_frames=frames_per_clip, min_frames=1)
+    track_config = FaceTrackConfig()
+    totals = {k: 0.0 for k in ("decode", "detect", "track", "crop", "dlib", "fan", "end_to_end")}
+    counts = {k: 0 for k in totals}
+    have_fan = True
+    try:
+        fan_weights_path(LandmarkConfig(backend="fan"))
+    except FileNotFoundError as err:
+        have_fan, fan_missing = False, str(err)
+
+    def timed(key, count, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        totals[key] += time.perf_counter() - start
+        counts[key] += count
+        return out
+
+    for path in videos:
+        chunks = timed("decode", frames_per_clip, lambda p: list(iter_frames(p, decode_config)), path)
+        frame_index = np.concatenate([c[0] for c in chunks])
+        frames = np.concatenate([c[1] for c in chunks])
+        detect_at = detection_frames(frame_index, track_config.detect_every)
+        timed("detect", len(detect_at), detect_faces, frames[np.searchsorted(frame_index, detect_at)])
+        track = timed("track", len(frame_index), track_video, path, decode_config, track_config)
+        rows = np.arange(len(track))
+        crops = timed("crop", len(rows), crop_faces, frames, rows, track)
+        boxes = track.face_box_crop_px()
+        timed("dlib", len(rows), detect_landmarks, crops, boxes, LandmarkConfig(backend="dlib"))
+        if have_fan:
+            timed("fan", len(rows), detect_landmarks, crops, boxes, LandmarkConfig(backend="fan"))
+        timed("end_to_end", len(rows), landmarks_for_video, path, decode_config, track_config)
+    fps = {f"{k}_fps": round(counts[k] / totals[k], 2) for k in totals if counts[k]}
+    result = {
+        "benchmark": "track_landmarks",
+        "clips": len(videos),
+        "frames_per_clip": frames_per_clip,
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "sparse_read_note": "track_fps includes decoding the detection frames",
+        **fps,
+    }
+    if not have_fan:
+        result["fan"] = f"unavailable: {fan_missing.split(';')[0]}"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", default=str(VIDEOS), help="folder of .mp4 clips")
+    parser.add_argument("--dump", default=None, help="write landmarks of every frame of every clip here")
+    parser.add_argument("--frames", type=int, default=60, help="frames per clip for the throughput run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    videos = sorted(Path(args.videos).glob("*.mp4"))
+    if not videos:
+        raise SystemExit(f"--videos {args.videos}: no .mp4 clips found")
+    if args.dump:
+        summary = dump_landmarks(videos, Path(args.dump), DecodeConfig())
+        print(json.dumps({"dumped": len([s for s in summary.values() if "frames" in s]), "to": args.dump}))
+        return
+    print(json.dumps(measure(videos, args.frames)))
+
+
+if __name__ == "__main__":
+    main()

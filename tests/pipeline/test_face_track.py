@@ -1,0 +1,221 @@
+"""Face tracking: linking synthetic detections, crop transforms, rejections, and MTCNN on real clips."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.decode import DecodeConfig, read_frames
+from pipeline.errors import FaceTooSmall, MultipleFaces, NoFace, TooShort, TrackLost
+from pipeline.face_track import (
+    Detections,
+    FaceTrackConfig,
+    crop_faces,
+    detection_frames,
+    track_from_detections,
+    track_video,
+)
+from tests.pipeline.test_decode import write_video
+
+RAW = FaceTrackConfig(smooth_sigma_frames=0.0)
+
+
+def box(cx: float, cy: float, side: float) -> np.ndarray:
+    """A square detector box (edge coordinates) whose centre is (cx, cy) in pixel-centre coordinates."""
+    return np.array([cx + 0.5 - side / 2, cy + 0.5 - side / 2, cx + 0.5 + side / 2, cy + 0.5 + side / 2])
+
+
+def detections(frames, boxes_per_frame, prob=0.999) -> Detections:
+    boxes = tuple(np.array(b, np.float32).reshape(-1, 4) for b in boxes_per_frame)
+    return Detections(np.array(frames), boxes, tuple(np.full(len(b), prob, np.float32) for b in boxes))
+
+
+def test_detection_frames_include_last():
+    assert detection_frames(np.arange(12), 5).tolist() == [0, 5, 10, 11]
+    assert detection_frames(np.arange(11), 5).tolist() == [0, 5, 10]
+    assert detection_frames(np.array([0]), 5).tolist() == [0]
+
+
+def test_linear_motion_is_interpolated_exactly():
+    frame_index = np.arange(21)
+    detect_at = detection_frames(frame_index, 5)
+    dets = detections(detect_at, [box(100 + 2 * t, 80 - t, 100 + t) for t in detect_at])
+    track = track_from_detections(frame_index, dets, (240, 320), RAW)
+    np.testing.assert_allclose(
+        track.box_center_px, np.stack([100 + 2 * frame_index, 80 - frame_index], 1), atol=1e-4
+    )
+    np.testing.assert_allclose(track.box_side_px, 100 + frame_index, atol=1e-4)
+    np.testing.assert_allclose(track.crop_side_px, RAW.crop_scale * (100 + frame_index), atol=1e-3)
+    assert track.detected.tolist() == [t in detect_at for t in frame_index]
+
+
+def test_smoothing_reduces_detector_noise():
+    rng = np.random.default_rng(0)
+    frame_index = np.arange(200)
+    noisy = [box(150 + rng.normal(0, 4), 120 + rng.normal(0, 4), 100 + rng.normal(0, 3)) for _ in frame_index]
+    dets = detections(frame_index, noisy)
+    raw = track_from_detections(frame_index, dets, (240, 320), RAW)
+    smooth = track_from_detections(frame_index, dets, (240, 320), FaceTrackConfig(smooth_sigma_frames=3.0))
+    jitter = lambda t: np.abs(np.diff(t.box_center_px, 2, axis=0)).mean()  # noqa: E731
+    assert jitter(smooth) < 0.25 * jitter(raw)
+    assert np.abs(smooth.box_center_px - [150, 120]).max() < 6
+
+
+def test_crop_transforms_round_trip_and_match_the_pixels():
+    frame_index = np.arange(3)
+    dets = detections(frame_index, [box(100.0, 70.0, 60.0)] * 3)
+    config = FaceTrackConfig(smooth_sigma_frames=0.0, crop_size=64, crop_scale=2.0, min_face_px=16)
+    track = track_from_detections(frame_index, dets, (160, 200), config)
+    points = np.array([[[100.0, 70.0], [40.0, 10.0], [159.5, 129.5]]] * 3)
+    crop_points = track.frame_to_crop(points)
+    # Crop side 120 frame px -> 64 px: the box centre lands on the crop centre (31.5, 31.5).
+    np.testing.assert_allclose(crop_points[0, 0], [31.5, 31.5])
+    np.testing.assert_allclose(track.crop_to_frame(crop_points), points)
+    matrix = track.frame_to_crop_matrix()[0]
+    np.testing.assert_allclose(points[0] @ matrix[:, :2].T + matrix[:, 2], crop_points[0])
+    np.testing.assert_allclose(track.face_box_crop_px()[0], [16, 16, 48, 48])
+    # A bright blob at frame (x, y) = (112, 60) appears in the crop where frame_to_crop says.
+    frame = np.zeros((160, 200, 3), np.uint8)
+    cv2.circle(frame, (112, 60), 6, (255, 255, 255), -1)
+    crops = crop_faces(np.stack([frame] * 3), np.arange(3), track)
+    weights = crops[0, ..., 0].astype(float)
+    ys, xs = np.mgrid[:64, :64]
+    centroid = [(weights * xs).sum() / weights.sum(), (weights * ys).sum() / weights.sum()]
+    np.testing.assert_allclose(
+        centroid, track.frame_to_crop(np.array([[[112.0, 60.0]]]), [0])[0, 0], atol=0.15
+    )
+
+
+def test_large_downscale_crop_keeps_geometry():
+    """The integer pre-shrink of big frames must not shift the crop."""
+    frame_index = np.arange(1)
+    dets = detections(frame_index, [box(600.0, 400.0, 500.0)])
+    track = track_from_detections(frame_index, dets, (900, 1200), FaceTrackConfig(crop_size=64))
+    frame = np.zeros((900, 1200, 3), np.uint8)
+    cv2.circle(frame, (700, 330), 40, (255, 255, 255), -1)
+    crop = crop_faces(frame[None], np.zeros(1, int), track)[0, ..., 0].astype(float)
+    ys, xs = np.mgrid[:64, :64]
+    centroid = [(crop * xs).sum() / crop.sum(), (crop * ys).sum() / crop.sum()]
+    np.testing.assert_allclose(
+        centroid, track.frame_to_crop(np.array([[[700.0, 330.0]]]), [0])[0, 0], atol=0.3
+    )
+
+
+def test_rejections_on_synthetic_tracks():
+    frame_index = np.arange(30)
+    detect_at = detection_frames(frame_index, 5)
+    face = box(100, 100, 80)
+    with pytest.raises(NoFace, match="no face found in 7 sampled"):
+        track_from_detections(frame_index, detections(detect_at, [[]] * 7), (240, 320))
+    with pytest.raises(NoFace, match="only 3 of 7"):
+        track_from_detections(frame_index, detections(detect_at, [face] * 3 + [[]] * 4), (240, 320))
+    with pytest.raises(MultipleFaces, match="another person's face in 7 of 7"):
+        track_from_detections(frame_index, detections(detect_at, [[face, box(250, 100, 70)]] * 7), (240, 320))
+    with pytest.raises(FaceTooSmall, match="face is 40 px"):
+        track_from_detections(frame_index, detections(detect_at, [box(100, 100, 40)] * 7), (240, 320))
+    jumping = [face] * 4 + [box(220, 100, 80)] * 3
+    with pytest.raises(TrackLost, match="jumps at frame 20") as err:
+        track_from_detections(frame_index, detections(detect_at, jumping), (240, 320))
+    assert err.value.reason == "track_jump"
+    growing = [face] * 4 + [box(100, 100, 160)] * 3
+    with pytest.raises(TrackLost, match="size changed x2.00"):
+        track_from_detections(frame_index, detections(detect_at, growing), (240, 320))
+    long_index = np.arange(100)
+    long_at = detection_frames(long_index, 5)
+    gap = [face if t < 30 or t > 70 else [] for t in long_at]
+    with pytest.raises(TrackLost, match="lost for 50 frames"):
+        track_from_detections(long_index, detections(long_at, gap), (240, 320))
+
+
+def test_tolerated_imperfections():
+    frame_index = np.arange(30)
+    detect_at = detection_frames(frame_index, 5)
+    face = box(100, 100, 80)
+    # A small or unsure stray detection in one frame, and one missed detection, keep the video.
+    dets = [face, [face, box(280, 200, 20)], [], face, face, face, face]
+    track = track_from_detections(frame_index, detections(detect_at, dets), (240, 320))
+    assert len(track) == 30 and track.detected.sum() == 6
+    np.testing.assert_allclose(track.box_center_px, [[100, 100]] * 30, atol=1e-6)
+    # With two sizeable faces the track keeps the one nearest the previous position, not the largest.
+    near = [face] + [[box(260, 100, 100), box(104, 100, 80)]] * 6
+    config = FaceTrackConfig(max_other_face_fraction=1.0, smooth_sigma_frames=0.0)
+    track = track_from_detections(frame_index, detections(detect_at, near), (240, 320), config)
+    assert np.abs(track.box_center_px[:, 0] - 102).max() < 2.5
+
+
+@pytest.fixture(scope="module")
+def images(shared_images):
+    def load(name):
+        return cv2.cvtColor(cv2.imread(str(shared_images / name)), cv2.COLOR_BGR2RGB)
+
+    return load
+
+
+def test_photo_of_two_people_is_rejected(images, tmp_path):
+    people = [images("3ddfa_v2_JianzhuGuo.jpg"), images("deep3dfacerecon_000031.jpg")]
+    people = [cv2.resize(p, (round(p.shape[1] * 400 / p.shape[0]), 400)) for p in people]
+    path = tmp_path / "two_people.png"
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(people, 1), cv2.COLOR_RGB2BGR))
+    with pytest.raises(MultipleFaces, match="another person's face in 1 of 1") as err:
+        track_video(path)
+    assert err.value.reason == "multiple_faces"
+    # Each photo alone is one face.
+    cv2.imwrite(str(tmp_path / "one.png"), cv2.cvtColor(people[0], cv2.COLOR_RGB2BGR))
+    assert len(track_video(tmp_path / "one.png")) == 1
+
+
+def test_no_face_images_are_rejected(tmp_path, shared_videos):
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((256, 256, 3), 128, np.uint8))
+    with pytest.raises(NoFace, match="no face found in 1 sampled") as err:
+        track_video(grey)
+    assert err.value.reason == "no_face"
+    background = tmp_path / "background.png"  # the right side of a clip, beside the person
+    frame = read_frames(shared_videos / "liveportrait_s18.mp4", [0])[0]
+    cv2.imwrite(str(background), cv2.cvtColor(frame[:, 900:], cv2.COLOR_RGB2BGR))
+    with pytest.raises(NoFace):
+        track_video(background)
+
+
+def test_two_frame_video_is_rejected(tmp_path, images):
+    face = cv2.resize(images("liveportrait_d8.jpg"), (256, 256))
+    path = write_video(tmp_path / "two.mp4", np.stack([face, face]))
+    with pytest.raises(TooShort, match="2 frames"):
+        track_video(path)
+
+
+def test_small_face_is_rejected(tmp_path, images):
+    face = cv2.resize(images("liveportrait_d8.jpg"), (120, 120))  # face box ~40 px
+    canvas = np.full((480, 480, 3), 90, np.uint8)
+    canvas[180:300, 180:300] = face
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    with pytest.raises(FaceTooSmall, match="at least 64 needed"):
+        track_video(path)
+
+
+def test_cut_between_two_people_is_a_jump(tmp_path, images):
+    """A video that cuts from one person to another, at another place, is not one track."""
+    a = np.full((320, 320, 3), 60, np.uint8)
+    b = a.copy()
+    a[20:180, 20:180] = cv2.resize(images("liveportrait_d8.jpg"), (160, 160))
+    b[140:300, 140:300] = cv2.resize(images("deep3dfacerecon_000006.jpg"), (160, 160))
+    path = write_video(tmp_path / "cut.mp4", np.stack([a] * 10 + [b] * 10))
+    with pytest.raises(TrackLost, match="jumps"):
+        track_video(path)
+
+
+def test_real_clips_track(shared_videos):
+    """Every shared clip: one steady track over its first frames, inside the frame, a plausible size."""
+    decode = DecodeConfig(max_frames=30)
+    config = FaceTrackConfig(detect_every=10)  # 4 MTCNN frames per clip keep the test quick
+    for path in sorted(shared_videos.glob("*.mp4")):
+        track = track_video(path, decode, config)
+        height, width = track.frame_hw
+        assert len(track) == 30 and track.frame_index.tolist() == list(range(30)), path.name
+        assert track.detected.sum() == 4, path.name
+        assert np.all(track.box_side_px > 64) and np.all(track.box_side_px < max(height, width)), path.name
+        assert np.all((track.box_center_px > 0) & (track.box_center_px < [width, height])), path.name
+        step = np.linalg.norm(np.diff(track.box_center_px, axis=0), axis=1) / track.box_side_px[1:]
+        assert step.max() < 0.05, (path.name, step.max())
