@@ -454,10 +454,11 @@ def rasterize_reference(
                 nx, ny = orient * sign * d[1], -orient * sign * d[0]  # inward normal
                 on_edge_ok = bool(nx > 0 or (nx == 0 and ny > 0))
                 inside &= (wk > 0) | ((wk == 0) & on_edge_ok)
-            w = torch.stack([orient * weights[k] for k in range(3)], -1)  # (H, W, 3)
-            depth = (w * v[:, 2]).sum(-1) / w.sum(-1) + 0.0
+            w0, w1, w2 = (orient * weights[k] for k in range(3))  # each (H, W)
+            w_sum = w0 + w1 + w2
+            depth = (w0 * v[0, 2] + w1 * v[1, 2] + w2 * v[2, 2]) / w_sum + 0.0
             nearer = inside & (depth > zbuf[b])
             pix_to_face[b][nearer] = f
             zbuf[b][nearer] = depth[nearer]
-            bary_coords[b][nearer] = (w / w.sum(-1, keepdim=True))[nearer]
+            bary_coords[b][nearer] = torch.stack([w0 / w_sum, w1 / w_sum, w2 / w_sum], -1)[nearer]
     return Fragments(pix_to_face, zbuf, bary_coords)
