@@ -195,3 +195,18 @@ def test_every_frame_of_every_clip(shared_videos):
         assert np.all((result.landmarks_px > -20) & (result.landmarks_px < 275)), path.name
         iod = inter_ocular(result.landmarks_px)
         assert np.all((iod > 40) & (iod < 120)), path.name
+
+
+def test_stage_configs_load_from_overrides():
+    """The three stage configs are plain typed configs: YAML/--set overrides reach them, typos do not."""
+    from infra.config import ConfigError, load_config
+
+    assert load_config(LandmarkConfig, None, ["backend=fan", "batch_size=4"]) == LandmarkConfig(
+        backend="fan", batch_size=4
+    )
+    assert load_config(FaceTrackConfig, None, ["crop_size=128"]).crop_size == 128
+    assert load_config(DecodeConfig, None, ["max_frames=null"]).max_frames is None
+    with pytest.raises(ConfigError, match="backend"):
+        load_config(LandmarkConfig, None, ["backend=mediapipe"])
+    with pytest.raises(ConfigError, match="crop_sise"):
+        load_config(FaceTrackConfig, None, ["crop_sise=128"])
