@@ -1,0 +1,186 @@
+"""NMFC conditioning images (paper section 3.2, Eq. 3), visibility masks and mouth boxes.
+
+The Normalised Mean Face Coordinate (NMFC) image colours every pixel covered by the head with the
+normalised mean-face x-y-z (each in [0, 1]) of the surface point seen there, and leaves the background
+at 0. The colour code is the 3DMM's *mean* face, so the same surface point has the same colour whatever
+the identity or expression: that is what lets reenactment swap identities (Eq. 3).
+
+We colour a pixel with the NMFC of the centre of its visible triangle (the mean of its three corner
+colours), so each triangle is one flat colour and the image needs only ``pix_to_face`` from the
+rasteriser. Geometry follows ``model.camera`` exactly: vertices are projected with
+``model.camera.project`` and rasterised at pixel centres (x, y) = (column, row), so a landmark vertex lands
+in the NMFC image exactly where the fit's projection puts it, and NMFC, crop and landmarks overlay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from infra import storage
+from model.camera import project
+from model.morphable_model import MorphableModel
+from pipeline.rasterize import Fragments, RasterizeConfig, rasterize
+
+# Landmarks 48-67 of the 68-point iBUG markup outline the mouth (outer 48-59, inner 60-67).
+MOUTH_LANDMARKS = slice(48, 68)
+
+
+@dataclass(frozen=True)
+class NmfcConfig:
+    """NMFC rendering settings.
+
+    image_size: (H, W) of the NMFC images in pixels (the face crop's size).
+    mouth_box_px: side of the square mouth crop for the mouth discriminator, pixels.
+    batch_frames: frames rasterised per call (bounds memory; larger is faster per frame).
+    rasterize: rasteriser settings. Back faces are culled by default: the 3DMM surface is open at the
+        eyes, the mouth and the neck, and without culling those holes would show the inside of the back
+        of the head (colours of the wrong surface points); culled, they stay background. It also halves
+        the rasteriser's work.
+    """
+
+    image_size: tuple[int, int] = (256, 256)
+    mouth_box_px: int = 64
+    batch_frames: int = 32
+    rasterize: RasterizeConfig = field(default_factory=lambda: RasterizeConfig(cull_backfaces=True))
+
+
+class NmfcImages(NamedTuple):
+    """NMFC images of B frames.
+
+    image (B, H, W, 3) float32 in [0, 1]: NMFC colour of the visible triangle, 0 on the background.
+    mask (B, H, W) bool: pixels covered by the head surface (the visibility mask).
+    pix_to_face (B, H, W) int64: visible triangle per pixel, -1 on the background.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    pix_to_face: torch.Tensor
+
+
+def triangle_colors(normalized_mean_coords: np.ndarray | torch.Tensor, faces: np.ndarray) -> torch.Tensor:
+    """Eq. (3) colour of each triangle: the NMFC of its centre, the mean of its corners' NMFCs.
+
+    normalized_mean_coords (S, 3) in [0, 1] (``MorphableModel.normalized_mean_coords``), faces (F, 3)
+    -> (F, 3) float32 in [0, 1].
+    """
+    ncc = torch.as_tensor(np.asarray(normalized_mean_coords), dtype=torch.float64)
+    corners = ncc[torch.as_tensor(np.asarray(faces), dtype=torch.int64)]  # (F, 3, 3)
+    return corners.mean(1).float()
+
+
+def encode_nmfc(pix_to_face: torch.Tensor, colors: torch.Tensor) -> NmfcImages:
+    """NMFC images from the rasteriser's visible faces.
+
+    pix_to_face (B, H, W) int64, -1 where empty; colors (F, 3) float32 per-triangle NMFC colours.
+    """
+    mask = pix_to_face >= 0
+    colors = colors.to(pix_to_face.device)
+    image = colors.index_select(0, pix_to_face.clamp(min=0).reshape(-1)).view(*pix_to_face.shape, 3)
+    return NmfcImages(image * mask[..., None], mask, pix_to_face)
+
+
+def mouth_boxes(landmarks_px: torch.Tensor, box_px: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """Square mouth crops around the mean of the mouth landmarks 48-67, shifted to lie inside the image.
+
+    landmarks_px (B, 68, 2) (x, y) pixels (``model.camera`` convention); box_px side in pixels;
+    image_size (H, W) -> (B, 4) int32 (x0, y0, x1, y1), x1 = x0 + box_px exclusive. The box is placed
+    as ``model.discriminators.crop_regions`` cuts it: left = round(cx) - box_px // 2, clamped.
+    """
+    height, width = image_size
+    if not 0 < box_px <= min(height, width):
+        raise ValueError(
+            f"mouth_box_px={box_px} must be in 1..{min(height, width)} for a {height}x{width} image"
+        )
+    centre = torch.round(landmarks_px[:, MOUTH_LANDMARKS].mean(1)).long()  # (B, 2)
+    left = (centre[:, 0] - box_px // 2).clamp(0, width - box_px)
+    top = (centre[:, 1] - box_px // 2).clamp(0, height - box_px)
+    return torch.stack([left, top, left + box_px, top + box_px], -1).int()
+
+
+class NmfcRenderer:
+    """Renders NMFC images, visibility masks, projected landmarks and mouth boxes from 3DMM parameters.
+
+    Works on the model's visible surface (``MorphableModel.surface()``), batched over frames, on the
+    device of ``device`` (the torch rasteriser runs on CPU or CUDA).
+    """
+
+    def __init__(
+        self, model: MorphableModel, config: NmfcConfig = NmfcConfig(), device: torch.device | str = "cpu"
+    ) -> None:
+        self.config = config
+        self.model = model.surface()
+        self.device = torch.device(device)
+        self.torch_model = self.model.torch_model(self.device)
+        self.faces = torch.as_tensor(self.model.faces.astype(np.int64), device=self.device)
+        self.colors = triangle_colors(self.model.normalized_mean_coords, self.model.faces).to(self.device)
+        self.landmarks = self.torch_model.landmarks
+
+    def vertices_px(
+        self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor
+    ) -> torch.Tensor:
+        """identity (B, N_id), expression (B, N_exp), camera (B, 7) -> surface verts_px (B, S, 3) float32."""
+        identity, expression, camera = (
+            torch.as_tensor(t, dtype=torch.float32, device=self.device)
+            for t in (identity, expression, camera)
+        )
+        return project(self.torch_model(identity, expression), camera)
+
+    def landmarks_px(
+        self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor
+    ) -> torch.Tensor:
+        """Projected 68 landmark vertices: (B, N_id), (B, N_exp), (B, 7) -> (B, 68, 2) (x, y) pixels."""
+        identity, expression, camera = (
+            torch.as_tensor(t, dtype=torch.float32, device=self.device)
+            for t in (identity, expression, camera)
+        )
+        verts = self.torch_model(identity, expression, vertex_ids=self.landmarks)
+        return project(verts, camera)[..., :2]
+
+    def rasterize(self, verts_px: torch.Tensor) -> Fragments:
+        """verts_px (B, S, 3) -> Fragments of the surface at ``config.image_size``."""
+        return rasterize(verts_px, self.faces, self.config.image_size, self.config.rasterize)
+
+    def render(self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor) -> NmfcImages:
+        """NMFC images of B frames: identity (B, N_id), expression (B, N_exp), camera (B, 7) -> NmfcImages.
+
+        Frames are rasterised ``config.batch_frames`` at a time.
+        """
+        parts = []
+        step = max(1, self.config.batch_frames)
+        for first in range(0, len(camera), step):
+            frames = slice(first, first + step)
+            verts_px = self.vertices_px(identity[frames], expression[frames], camera[frames])
+            parts.append(encode_nmfc(self.rasterize(verts_px).pix_to_face, self.colors))
+        if not parts:
+            height, width = self.config.image_size
+            empty = torch.full((0, height, width), -1, dtype=torch.int64, device=self.device)
+            return encode_nmfc(empty, self.colors)
+        return NmfcImages(*(torch.cat(p) for p in zip(*parts)))
+
+    def mouth_boxes(
+        self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor
+    ) -> torch.Tensor:
+        """Mouth crop per frame from the projected mouth landmarks: -> (B, 4) int32 (x0, y0, x1, y1)."""
+        return mouth_boxes(
+            self.landmarks_px(identity, expression, camera), self.config.mouth_box_px, self.config.image_size
+        )
+
+
+def nmfc_to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """NMFC image(s) (..., H, W, 3) float in [0, 1] -> uint8 (..., H, W, 3), rounded to nearest."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    return np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_nmfc_png(uri: str, image: torch.Tensor | np.ndarray) -> None:
+    """Writes one NMFC image (H, W, 3), float in [0, 1] or uint8, as a lossless RGB PNG (local or s3://)."""
+    from pipeline.schema import encode_png
+
+    array = image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else nmfc_to_uint8(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"an NMFC image is (H, W, 3), got {array.shape}")
+    storage.write_bytes(uri, encode_png(array))
