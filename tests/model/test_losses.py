@@ -1,0 +1,121 @@
+"""Losses against hand-computed values; VGG weights handling; lambda weighting and ablation toggles."""
+
+import os
+
+import pytest
+import torch
+
+from model.discriminators import ScaleOutput
+from model.losses import (
+    GENERATOR_TERMS,
+    LossConfig,
+    VGGConfig,
+    VGGPerceptualLoss,
+    discriminator_objective,
+    embedding_matching_loss,
+    feature_matching_loss,
+    generator_objective,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    load_vgg19_features,
+    mask_l1_loss,
+    vgg19_features_architecture,
+)
+
+
+def _out(score, features=()):
+    return ScaleOutput([torch.tensor(f) for f in features], torch.tensor(score))
+
+
+def test_hinge_losses_hand_computed():
+    real = [_out([[2.0, 0.5]]), _out([[-1.0]])]
+    fake = [_out([[-3.0, 0.0]]), _out([[0.5]])]
+    # Scale 0: real relu(1-2)=0, relu(1-0.5)=0.5 -> 0.25; fake relu(1-3)=0, relu(1+0)=1 -> 0.5.
+    # Scale 1: real relu(1+1)=2; fake relu(1.5)=1.5.
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(0.25 + 0.5 + 2 + 1.5)
+    # Generator: -mean(fake) per scale: 1.5 + (-0.5).
+    assert hinge_generator_loss(fake).item() == pytest.approx(1.0)
+
+
+def test_feature_matching_hand_computed():
+    # Two scales, two feature layers each (weight 4/2 = 2 per layer, 1/2 per scale).
+    real = [_out(0.0, [[1.0, 2.0], [0.0]]), _out(0.0, [[3.0], [1.0, 1.0]])]
+    fake = [_out(0.0, [[2.0, 2.0], [2.0]]), _out(0.0, [[3.0], [0.0, 3.0]])]
+    # mean|diff| per layer: 0.5, 2.0 | 0.0, 1.5 -> sum 4.0, times 2 * 1/2.
+    assert feature_matching_loss(real, fake).item() == pytest.approx(4.0)
+    # Gradients reach only the fake features.
+    f = torch.tensor([2.0, 2.0], requires_grad=True)
+    r = torch.tensor([1.0, 2.5], requires_grad=True)
+    feature_matching_loss([ScaleOutput([r], torch.zeros(1))], [ScaleOutput([f], torch.zeros(1))]).backward()
+    assert r.grad is None and f.grad.tolist() == [2.0, -2.0]  # 4/1 * sign / 2 elements
+
+
+def test_embedding_matching_and_mask_l1_hand_computed():
+    h = torch.tensor([[1.0, -1.0, 0.0, 2.0]], requires_grad=True)
+    w = torch.tensor([[0.0, 1.0, 0.0, 2.0]], requires_grad=True)
+    loss = embedding_matching_loss(h, w)  # Eq. (8): |1| + |-2| + 0 + 0 over 4 entries
+    assert loss.item() == pytest.approx(0.75)
+    loss.backward()
+    assert h.grad.tolist() == [[0.25, -0.25, 0.0, 0.0]] and w.grad.tolist() == [[-0.25, 0.25, 0.0, 0.0]]
+    assert mask_l1_loss(torch.tensor([0.2, 1.0]), torch.tensor([0.0, 0.0])).item() == pytest.approx(0.6)
+
+
+def test_generator_objective_weights_and_ablations():
+    terms = {name: torch.tensor(float(i + 1)) for i, name in enumerate(GENERATOR_TERMS)}
+    # adv_image 1, fm_image 2, adv_mouth 3, adv_temporal 4, fm_temporal 5, vgg 6, mask 7, em 8
+    total, weighted = generator_objective(LossConfig(), terms)
+    assert total.item() == pytest.approx(1 + 10 * 2 + 3 + 4 + 10 * 5 + 10 * 6 + 10 * 7 + 10 * 8)
+    assert weighted["vgg"].item() == pytest.approx(60.0)
+    cfg = LossConfig(lambda_vgg=1.0, use_mouth_discriminator=False, use_temporal_discriminator=False)
+    with pytest.raises(ValueError, match="adv_mouth"):
+        generator_objective(cfg, terms)  # an ablated discriminator's term must not be passed
+    ablated = {k: v for k, v in terms.items() if k not in ("adv_mouth", "adv_temporal", "fm_temporal")}
+    total, _ = generator_objective(cfg, ablated)
+    assert total.item() == pytest.approx(1 + 10 * 2 + 6 + 10 * 7 + 10 * 8)
+    with pytest.raises(ValueError, match="missing"):
+        generator_objective(LossConfig(), ablated)
+    total, _ = discriminator_objective(cfg, {"image": torch.tensor(2.0)})
+    assert total.item() == 2.0
+    with pytest.raises(ValueError, match="enabled"):
+        discriminator_objective(LossConfig(), {"image": torch.tensor(2.0)})
+
+
+def test_vgg_missing_weights_is_a_clear_error(tmp_path, monkeypatch):
+    missing = tmp_path / "nope" / "vgg19.pth"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        load_vgg19_features(VGGConfig(weights_path=str(missing)))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(
+        FileNotFoundError, match=os.path.join(str(tmp_path), "torch_home", "hub", "checkpoints")
+    ):
+        load_vgg19_features(VGGConfig())
+
+
+def test_vgg_loads_a_saved_state_dict(tmp_path):
+    torch.manual_seed(0)
+    reference = vgg19_features_architecture()
+    path = tmp_path / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in reference.state_dict().items()}, path)
+    loaded = load_vgg19_features(VGGConfig(weights_path=str(path)))
+    assert len(loaded) == 30 and isinstance(loaded[29], torch.nn.ReLU)  # up to relu5_1
+    torch.testing.assert_close(loaded[28].weight, reference[28].weight)
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_vgg_perceptual_loss_explicit_random_opt_out():
+    torch.manual_seed(0)
+    loss_fn = VGGPerceptualLoss(VGGConfig(random_weights_for_tests=True)).train()
+    assert not loss_fn.slices.training
+    real = torch.rand(1, 3, 32, 32) * 2 - 1
+    fake = (real + 0.3 * torch.randn_like(real)).requires_grad_(True)
+    assert loss_fn(real, real).item() == 0.0
+    loss = loss_fn(fake, real)
+    assert loss.item() > 0
+    loss.backward()
+    assert fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss_fn.parameters())
+    # Hand check of the weighting: the loss is the weighted sum of per-layer L1s of the features.
+    with torch.no_grad():
+        ff, fr = loss_fn.features(fake), loss_fn.features(real)
+        expected = sum(w * (a - b).abs().mean() for w, a, b in zip((1 / 32, 1 / 16, 1 / 8, 1 / 4, 1), ff, fr))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
