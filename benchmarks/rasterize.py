@@ -1,0 +1,141 @@
+"""NMFC rendering throughput for the ICT head surface (11,248 vertices, 22,288 triangles).
+
+    python -m benchmarks.rasterize                     # last stdout line is one JSON object
+    python -m benchmarks.rasterize --size 256 --seconds 3
+
+Measures NMFC frames per second at ``--size`` x ``--size`` for batch 1 and batch 32, with one torch
+thread and with all threads, on CPU (and CUDA when a device is present):
+
+- ``nmfc``: the whole NMFC image from 3DMM parameters (model evaluation, ``model.camera.project``,
+  rasterisation with back faces culled as ``NmfcConfig`` does, colour lookup);
+- ``raster``: rasterisation alone of the same projected vertices, with culling (``cull``) and without
+  (``full``, every triangle of the open surface z-buffered).
+
+``*_fps`` is by wall clock; on CPU ``*_fps_cpu_time`` divides by this process's CPU time instead, which
+is what one thread costs when other processes share the cores (with several threads it sums them).
+
+Poses are random and realistic (head about 80 % of the image height, yaw up to +-35 degrees). Each
+number is the median over repeats of at least ``--seconds``. The machine's other load changes them; the
+JSON records the load average next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from model.camera import make_camera
+from model.morphable_model import load_morphable_model
+from pipeline.nmfc import NmfcConfig, NmfcRenderer
+from pipeline.rasterize import RasterizeConfig, pytorch3d_available, rasterize
+
+
+def random_parameters(model, n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """identity (n, N_id), expression (n, N_exp), camera (n, 7) for realistic head poses."""
+    rng = np.random.default_rng(seed)
+    surface = model.surface().mean
+    height_units = float(np.ptp(surface[:, 1]))
+    cameras = [
+        make_camera(
+            pitch=rng.uniform(-0.3, 0.3),
+            yaw=rng.uniform(-0.6, 0.6),
+            roll=rng.uniform(-0.2, 0.2),
+            tx=size / 2 + rng.uniform(-0.05, 0.05) * size,
+            ty=size / 2 + rng.uniform(-0.05, 0.05) * size,
+            scale=0.8 * size / height_units * rng.uniform(0.9, 1.1),
+        )
+        for _ in range(n)
+    ]
+    identity = rng.normal(size=(n, model.n_identity)) * 0.7
+    expression = rng.uniform(0.0, 0.5, size=(n, model.n_expression))
+    return tuple(torch.tensor(np.asarray(a), dtype=torch.float32) for a in (identity, expression, cameras))
+
+
+def frames_per_second(run, frames_per_call: int, seconds: float, sync=lambda: None) -> tuple[float, float]:
+    """Median frames/s of ``run()`` repeated for at least ``seconds`` (after one warm-up call), by wall
+    clock and by this process's CPU time (the latter is less sensitive to other processes' load when
+    torch runs one thread)."""
+    run()
+    sync()
+    wall, cpu = [], []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(wall) < 3:
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        sync()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return frames_per_call / float(np.median(wall)), frames_per_call / float(np.median(cpu))
+
+
+def measure(renderer: NmfcRenderer, params, batch: int, seconds: float, device: str) -> dict:
+    identity, expression, camera = (p[:batch].to(device) for p in params)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    verts_px = renderer.vertices_px(identity, expression, camera)
+    size = renderer.config.image_size
+    runs = {"nmfc": lambda: renderer.render(identity, expression, camera)}
+    for name, cull in (("raster_cull", True), ("raster_full", False)):
+        config = RasterizeConfig(backend="torch", cull_backfaces=cull)
+        runs[name] = lambda config=config: rasterize(verts_px, renderer.faces, size, config)
+    result = {}
+    for name, run in runs.items():
+        wall_fps, cpu_fps = frames_per_second(run, batch, seconds, sync)
+        result[f"{name}_fps"] = round(wall_fps, 1)
+        if device == "cpu":
+            result[f"{name}_fps_cpu_time"] = round(cpu_fps, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per measurement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--model", default=None, help="3DMM path (default: the ICT model in ../shared)")
+    args = parser.parse_args()
+
+    model = load_morphable_model(args.model)
+    all_threads = os.cpu_count() or 1
+    params = random_parameters(model, max(args.batches), args.size)
+    results: dict = {
+        "benchmark": "rasterize",
+        "image_size": args.size,
+        "vertices": int(model.surface_vertex_count),
+        "triangles": int(len(model.faces)),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": all_threads,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "pytorch3d_available": pytorch3d_available(),
+        "cpu_results": {},
+    }
+    for threads in sorted({1, all_threads}):
+        torch.set_num_threads(threads)
+        for device in ["cpu"]:
+            renderer = NmfcRenderer(model, NmfcConfig(image_size=(args.size, args.size)), device=device)
+            for batch in args.batches:
+                key = f"threads{threads}_batch{batch}"
+                results["cpu_results"][key] = measure(renderer, params, batch, args.seconds, device)
+                print(key, results["cpu_results"][key], flush=True)
+    if torch.cuda.is_available():
+        renderer = NmfcRenderer(model, NmfcConfig(image_size=(args.size, args.size)), device="cuda")
+        results["cuda_device"] = torch.cuda.get_device_name()
+        results["cuda_results"] = {}
+        for batch in args.batches:
+            key = f"batch{batch}"
+            results["cuda_results"][key] = measure(renderer, params, batch, args.seconds, "cuda")
+            print("cuda", key, results["cuda_results"][key], flush=True)
+    results["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
