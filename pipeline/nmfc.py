@@ -39,13 +39,15 @@ class NmfcConfig:
     rasterize: rasteriser settings. Back faces are culled by default: the 3DMM surface is open at the
         eyes, the mouth and the neck, and without culling those holes would show the inside of the back
         of the head (colours of the wrong surface points); culled, they stay background. It also halves
-        the rasteriser's work.
+        the rasteriser's work. Barycentrics are not computed (the colours need only ``pix_to_face``).
     """
 
     image_size: tuple[int, int] = (256, 256)
     mouth_box_px: int = 64
     batch_frames: int = 32
-    rasterize: RasterizeConfig = field(default_factory=lambda: RasterizeConfig(cull_backfaces=True))
+    rasterize: RasterizeConfig = field(
+        default_factory=lambda: RasterizeConfig(cull_backfaces=True, barycentrics=False)
+    )
 
 
 class NmfcImages(NamedTuple):

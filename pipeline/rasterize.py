@@ -54,11 +54,14 @@ class RasterizeConfig:
         convex-enough surface seen from outside, but a thin open surface can show its back).
     max_candidates: upper bound on (triangle, pixel centre) candidates evaluated at once by the torch
         backend; batches are split by frames to stay under it (memory ~ 60 bytes per candidate).
+    barycentrics: compute ``Fragments.bary_coords`` (None when False; NMFC colours need only
+        ``pix_to_face``, and skipping them saves a third of the output memory traffic).
     """
 
     backend: Backend = "auto"
     cull_backfaces: bool = False
     max_candidates: int = 4_000_000
+    barycentrics: bool = True
 
 
 class Fragments(NamedTuple):
@@ -67,12 +70,12 @@ class Fragments(NamedTuple):
     pix_to_face (B, H, W) int64: index into ``faces`` of the visible triangle, -1 where empty.
     zbuf (B, H, W) float (dtype of the vertices): depth in pixels of the visible surface, -inf where empty.
     bary_coords (B, H, W, 3) float: weights of the triangle's vertices ``faces[f, 0..2]`` at the pixel
-        centre (they sum to 1), -1 where empty.
+        centre (they sum to 1), -1 where empty; None when ``RasterizeConfig.barycentrics`` is False.
     """
 
     pix_to_face: torch.Tensor
     zbuf: torch.Tensor
-    bary_coords: torch.Tensor
+    bary_coords: torch.Tensor | None
 
 
 def pytorch3d_available() -> bool:
@@ -111,53 +114,65 @@ def rasterize(
         if backend == "torch":
             return _rasterize_torch(verts_px, faces, (height, width), config)
         if backend == "pytorch3d":
-            return rasterize_pytorch3d(verts_px, faces, (height, width), config.cull_backfaces)
+            fragments = rasterize_pytorch3d(verts_px, faces, (height, width), config.cull_backfaces)
+            return fragments if config.barycentrics else fragments._replace(bary_coords=None)
     raise ValueError(f"unknown rasterizer backend {config.backend!r}; use 'auto', 'torch' or 'pytorch3d'")
 
 
 # --- Shared per-triangle set-up ------------------------------------------------------------------------
 
 
+def _canonical_edge(k: int, x, y, ids) -> tuple[torch.Tensor, ...]:
+    """Edge k (opposite corner k, running from corner k+1 to corner k+2) in canonical form.
+
+    x, y: 3 tensors of one shape S (the corners' image coordinates); ids: 3 integer tensors broadcastable
+    to S (the corners' vertex ids). Returns ax, ay (the endpoint with the lower vertex id), dx, dy (the
+    other endpoint minus it) and sign (S) = +1 where the triangle runs the edge in that order, else -1.
+    """
+    i, j = (k + 1) % 3, (k + 2) % 3
+    forward = ids[i] < ids[j]
+    ax, bx = torch.where(forward, x[i], x[j]), torch.where(forward, x[j], x[i])
+    ay, by = torch.where(forward, y[i], y[j]), torch.where(forward, y[j], y[i])
+    sign = torch.where(forward, 1.0, -1.0).to(x[0].dtype)
+    return ax, ay, bx - ax, by - ay, sign
+
+
+def _signed_area2(x, y, ids) -> torch.Tensor:
+    """Twice the signed image-space area (> 0: facing the camera): w_0 at corner 0, evaluated with the
+    canonical edge function like any pixel centre (see ``_triangle_setup``)."""
+    ax, ay, dx, dy, sign = _canonical_edge(0, x, y, ids)
+    return sign * ((x[0] - ax) * dy - (y[0] - ay) * dx)
+
+
 class _TriangleSetup(NamedTuple):
-    """Edge data of a batch of triangles (see ``_triangle_setup``); each entry is a tuple over the 3 edges
-    (edge k is opposite vertex k, so its edge function is the unnormalised barycentric weight of vertex k)
-    of tensors shaped like one vertex coordinate, e.g. (B, F)."""
+    """Edge data of T triangles as (3 edges, T) tensors (edge k is opposite corner k, so its edge function
+    is the unnormalised barycentric weight of corner k), see ``_triangle_setup``."""
 
-    ax: tuple[torch.Tensor, ...]  # canonical edge start x (the endpoint with the lower vertex id)
-    ay: tuple[torch.Tensor, ...]
-    dx: tuple[torch.Tensor, ...]  # (canonical end - start) times the sign s that makes the inside positive
-    dy: tuple[torch.Tensor, ...]
-    area2: torch.Tensor  # twice the signed area (> 0: facing the camera)
+    ax: torch.Tensor  # canonical edge start x (the endpoint with the lower vertex id)
+    ay: torch.Tensor
+    dx: torch.Tensor  # (canonical end - start) times the sign s that makes the inside positive
+    dy: torch.Tensor
 
 
-def _triangle_setup(x: torch.Tensor, y: torch.Tensor, faces: torch.Tensor) -> _TriangleSetup:
+def _triangle_setup(x, y, ids) -> _TriangleSetup:
     """Edge functions in the canonical, orientation-normalised form used by the torch backend.
 
-    x, y (B, 3 vertices, F) image-space corner coordinates of the triangles ``faces`` (F, 3).
-    Edge k runs from vertex k+1 to vertex k+2 (mod 3). With canonical endpoints a (lower vertex id) and
-    b, ``E(p) = (p.x - a.x) * (b.y - a.y) - (p.y - a.y) * (b.x - a.x)``. Multiplying (b - a) by s = +-1
-    (flipping it when the triangle runs the edge from b to a, and once more when the triangle is wound
-    negatively) is exact, so ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is positive inside every
-    triangle and bitwise opposite for the two triangles sharing an edge.
+    x, y: 3 tensors (T,) of corner coordinates; ids: 3 integer tensors (T,) of corner vertex ids.
+    With canonical endpoints a (lower vertex id) and b of an edge, ``E(p) = (p.x - a.x) * (b.y - a.y) -
+    (p.y - a.y) * (b.x - a.x)``. Multiplying (b - a) by s = +-1 (flipping it when the triangle runs the
+    edge from b to a, and once more when the triangle is wound negatively) is exact, so
+    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is positive inside every triangle and bitwise opposite
+    for the two triangles sharing an edge.
     """
-    ax, ay, dx, dy, edge_sign = [], [], [], [], []
-    for k in range(3):
-        i, j = (k + 1) % 3, (k + 2) % 3
-        forward = faces[:, i] < faces[:, j]  # (F,): the triangle runs edge k in canonical order
-        a_x, b_x = torch.where(forward, x[:, i], x[:, j]), torch.where(forward, x[:, j], x[:, i])
-        a_y, b_y = torch.where(forward, y[:, i], y[:, j]), torch.where(forward, y[:, j], y[:, i])
-        ax.append(a_x)
-        ay.append(a_y)
-        dx.append(b_x - a_x)
-        dy.append(b_y - a_y)
-        edge_sign.append(torch.where(forward, 1.0, -1.0).to(x.dtype))
-    # Twice the signed area: w_0 at vertex 0, evaluated canonically like any pixel centre.
-    area2 = edge_sign[0] * ((x[:, 0] - ax[0]) * dy[0] - (y[:, 0] - ay[0]) * dx[0])
-    orientation = torch.where(area2 < 0, -1.0, 1.0).to(x.dtype)
-    signs = [edge_sign[k] * orientation for k in range(3)]
-    dx = tuple(dx[k] * signs[k] for k in range(3))
-    dy = tuple(dy[k] * signs[k] for k in range(3))
-    return _TriangleSetup(tuple(ax), tuple(ay), dx, dy, area2)
+    edges = [_canonical_edge(k, x, y, ids) for k in range(3)]
+    ax, ay, dx, dy, sign = edges[0]
+    orientation = torch.where(sign * ((x[0] - ax) * dy - (y[0] - ay) * dx) < 0, -1.0, 1.0).to(x[0].dtype)
+    rows = [[], [], [], []]
+    for ax, ay, dx, dy, sign in edges:
+        s = sign * orientation
+        for row, value in zip(rows, (ax, ay, dx * s, dy * s)):
+            row.append(value)
+    return _TriangleSetup(*(torch.stack(row) for row in rows))
 
 
 def _include_edge(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -167,10 +182,10 @@ def _include_edge(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
 
 
 def _gather_corners(verts_px: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """verts_px (B, V, 3), faces (F, 3) int64 -> corners (3 coords, B, 3 vertices, F)."""
+    """verts_px (B, V, 3), faces (F, 3) int64 -> corners (3 coords, B, 3 corners, F)."""
     batch, n_verts, _ = verts_px.shape
     coords = verts_px.permute(2, 0, 1).reshape(3 * batch, n_verts)
-    corners = coords.index_select(1, faces.t().reshape(-1))  # (3 * B, 3 * F), vertex-major
+    corners = coords.index_select(1, faces.t().reshape(-1))  # (3 * B, 3 * F), corner-major
     return corners.view(3, batch, 3, faces.shape[0])
 
 
@@ -209,21 +224,25 @@ def _rasterize_torch(
     batch, n_faces = verts_px.shape[0], faces.shape[0]
     device, dtype = verts_px.device, verts_px.dtype
     if batch == 0 or n_faces == 0:
-        return _empty_fragments(batch, height, width, device, dtype)
+        return _empty_fragments(batch, height, width, device, dtype, config.barycentrics)
     if n_faces >= 2**31:
         raise ValueError(f"at most 2**31 - 1 faces are supported, got {n_faces}")
     faces = faces.to(device=device, dtype=torch.int64)
     corners = _gather_corners(verts_px, faces)  # (3, B, 3, F)
-    x, y = corners[0], corners[1]
+    x, y = corners[0].unbind(1), corners[1].unbind(1)  # 3 corners, each (B, F)
     # Pixel-centre bounding boxes clamped to the image (x_lo..x_hi, y_lo..y_hi), each (B, F).
-    x_lo = torch.ceil(torch.minimum(torch.minimum(x[:, 0], x[:, 1]), x[:, 2])).clamp_(min=0)
-    x_hi = torch.floor(torch.maximum(torch.maximum(x[:, 0], x[:, 1]), x[:, 2])).clamp_(max=width - 1)
-    y_lo = torch.ceil(torch.minimum(torch.minimum(y[:, 0], y[:, 1]), y[:, 2])).clamp_(min=0)
-    y_hi = torch.floor(torch.maximum(torch.maximum(y[:, 0], y[:, 1]), y[:, 2])).clamp_(max=height - 1)
+    x_lo = torch.ceil(torch.minimum(torch.minimum(x[0], x[1]), x[2])).clamp_(min=0)
+    x_hi = torch.floor(torch.maximum(torch.maximum(x[0], x[1]), x[2])).clamp_(max=width - 1)
+    y_lo = torch.ceil(torch.minimum(torch.minimum(y[0], y[1]), y[2])).clamp_(min=0)
+    y_hi = torch.floor(torch.maximum(torch.maximum(y[0], y[1]), y[2])).clamp_(max=height - 1)
     n_x, n_y = (x_hi - x_lo + 1).clamp_(min=0), (y_hi - y_lo + 1).clamp_(min=0)
+    area2 = _signed_area2(x, y, faces.t())
+    usable = (area2 > 0) if config.cull_backfaces else (area2 != 0)
+    usable &= (n_x > 0) & (n_y > 0)
     if not bool(torch.isfinite(verts_px).all()):
-        n_x = torch.where(torch.isfinite(corners).all(0).all(1), n_x, 0.0)
-    candidates = (n_x * n_y).sum(-1).tolist()  # per frame
+        usable &= torch.isfinite(corners).all(0).all(1)
+    candidates = torch.where(usable, n_x * n_y, 0).sum(-1).tolist()  # per frame
+    coords = verts_px.permute(2, 0, 1).reshape(3, -1)  # (3, B * V)
     pieces, first = [], 0
     while first < batch:
         last, total = first, 0
@@ -232,85 +251,94 @@ def _rasterize_torch(
             last += 1
         frames = slice(first, last)
         box = (x_lo[frames], y_lo[frames], n_x[frames], n_y[frames])
-        pieces.append(_rasterize_frames(corners[:, frames], box, faces, image_size, config))
+        pieces.append(
+            _rasterize_frames(
+                coords, verts_px.shape[1], first, box, usable[frames], faces, image_size, config
+            )
+        )
         first = last
     if len(pieces) == 1:
         return pieces[0]
-    return Fragments(*(torch.cat(parts) for parts in zip(*pieces)))
+    return Fragments(*(torch.cat(parts) if parts[0] is not None else None for parts in zip(*pieces)))
 
 
 def _rasterize_frames(
-    corners: torch.Tensor,
+    coords: torch.Tensor,
+    n_verts: int,
+    first: int,
     box: tuple[torch.Tensor, ...],
+    usable: torch.Tensor,
     faces: torch.Tensor,
     image_size: tuple[int, int],
     config: RasterizeConfig,
 ) -> Fragments:
-    """Rasterises a few frames: corners (3 coords, B, 3 vertices, F); box = (x_lo, y_lo, n_x, n_y), each
-    (B, F), the pixel-centre bounding boxes."""
+    """Rasterises frames first .. first + B - 1: coords (3, all frames * V) vertex coordinates; box =
+    (x_lo, y_lo, n_x, n_y), each (B, F), the pixel-centre bounding boxes; usable (B, F) bool."""
     height, width = image_size
-    frames, n_faces = corners.shape[1], corners.shape[3]
-    device, dtype = corners.device, corners.dtype
+    frames, n_faces = usable.shape
+    device, dtype = coords.device, coords.dtype
     n_pixels = frames * height * width
-    setup = _triangle_setup(corners[0], corners[1], faces)
-    x_lo, y_lo, n_x, n_y = box
-    usable = (setup.area2 > 0) if config.cull_backfaces else (setup.area2 != 0)
-    usable &= n_x * n_y > 0
-    # Group triangles by box size class (padded rows x cols); sorting makes every group a contiguous run.
+    # Group the usable triangles by box size class (padded rows x cols) and sort them by group, so that
+    # each group is a contiguous run; tri = frame * F + face.
     classes = _box_classes(max(height, width))
     n_cls = len(classes)
-    group = _box_class_index(n_y) * n_cls + _box_class_index(n_x)
-    group = torch.where(usable, group, n_cls * n_cls).view(-1)
-    group_sizes = torch.bincount(group, minlength=n_cls * n_cls + 1)[:-1].tolist()
-    order = torch.sort(group).indices[: sum(group_sizes)]  # triangle ids b * F + f, grouped
-    # One row per triangle: x_lo, y_lo, n_x, n_y, ax(3), ay(3), dx(3), dy(3).
-    table = torch.stack([x_lo, y_lo, n_x, n_y, *setup.ax, *setup.ay, *setup.dx, *setup.dy])
-    table = table.view(16, -1).index_select(1, order)
-    base = (order // n_faces * height + table[1].long()) * width + table[0].long()  # first centre
+    tri = usable.reshape(-1).nonzero().squeeze(1)
+    x_lo, y_lo, n_x, n_y = (b.reshape(-1).index_select(0, tri) for b in box)
+    group = (_box_class_index(n_y) * n_cls + _box_class_index(n_x)).int()
+    group, perm = torch.sort(group)
+    group_sizes = torch.bincount(group, minlength=n_cls * n_cls).tolist()
+    tri, x_lo, y_lo, n_x, n_y = (t.index_select(0, perm) for t in (tri, x_lo, y_lo, n_x, n_y))
+    face = tri % n_faces
+    # Corners of the sorted triangles, gathered from the vertices: (3 corners, T) each.
+    ids = faces.index_select(0, face).t()  # (3, T)
+    vertex = ids + ((tri // n_faces + first) * n_verts)[None]
+    x, y, z = (coords[c].index_select(0, vertex.reshape(-1)).view(3, -1) for c in range(3))
+    setup = _triangle_setup(x, y, ids)
+    base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     pixels, members, weights = [], [], []
     start = 0
     for g, count in enumerate(group_sizes):
         if count == 0:
             continue
         rows, cols = classes[g // n_cls], classes[g % n_cls]
-        t = table[:, start : start + count]  # (16, n)
+        run = slice(start, start + count)
         col = torch.arange(cols, device=device, dtype=dtype)[:, None]
         row = torch.arange(rows, device=device, dtype=dtype)[:, None]
         # w_k at centre (r, c) of the box is u_k(c) - v_k(r): the canonical edge function, factored so
         # that the grid costs one subtraction; centres past the box get -inf so they are never inside.
-        u = (t[0] + col - t[4:7, None]) * t[13:16, None]  # (3, cols, n)
-        v = (t[1] + row - t[7:10, None]) * t[10:13, None]  # (3, rows, n)
-        u.masked_fill_(col >= t[2], float("-inf"))
-        v.masked_fill_(row >= t[3], float("inf"))
-        w = u[:, None] - v[:, :, None]  # (3, rows, cols, n)
-        inside = (w.amin(0) >= 0).view(-1).nonzero().squeeze(1)
+        u = (x_lo[run] + col - setup.ax[:, None, run]) * setup.dy[:, None, run]  # (3, cols, n)
+        v = (y_lo[run] + row - setup.ay[:, None, run]) * setup.dx[:, None, run]  # (3, rows, n)
+        if cols > 1:
+            u.masked_fill_(col >= n_x[run], float("-inf"))
+        if rows > 1:
+            v.masked_fill_(row >= n_y[run], float("inf"))
+        w = (u[:, None] - v[:, :, None]).view(3, -1)  # (3, rows * cols * n)
+        inside = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) >= 0).nonzero().squeeze(1)
         cell = inside // count  # r * cols + c
         local = inside - cell * count + start
         offsets = (row.long() * width + col.long().t()).view(-1)  # (rows * cols,) pixel offset of a cell
         pixels.append(base.index_select(0, local) + offsets.index_select(0, cell))
         members.append(local)
-        weights.append(w.view(3, -1).index_select(1, inside))
+        weights.append(torch.stack([w[k].index_select(0, inside) for k in range(3)]))
         start += count
     if not pixels:
-        return _empty_fragments(frames, height, width, device, dtype)
+        return _empty_fragments(frames, height, width, device, dtype, config.barycentrics)
     pixel, member, w = torch.cat(pixels), torch.cat(members), torch.cat(weights, 1)
     # Centres exactly on an edge (some w_k == 0; rare) are covered only through top-left edges.
-    on_edge = (w.amin(0) == 0).nonzero().squeeze(1)
+    on_edge = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) == 0).nonzero().squeeze(1)
     if len(on_edge):
-        w_e = w.index_select(1, on_edge)
-        t = table.index_select(1, member.index_select(0, on_edge))
-        include = _include_edge(t[10:13], t[13:16])
+        w_e, m_e = w.index_select(1, on_edge), member.index_select(0, on_edge)
+        include = _include_edge(setup.dx.index_select(1, m_e), setup.dy.index_select(1, m_e))
         dropped = on_edge[~((w_e > 0) | ((w_e == 0) & include)).all(0)]
         keep = torch.ones(len(pixel), dtype=torch.bool, device=device)
         keep[dropped] = False
         keep = keep.nonzero().squeeze(1)
         pixel, member, w = pixel.index_select(0, keep), member.index_select(0, keep), w.index_select(1, keep)
-    tri = order.index_select(0, member)  # b * F + f
-    face = tri % n_faces
+    face = face.index_select(0, member)
     # Barycentric depth (same expression as the reference); +0.0 turns -0.0 into +0.0 for the keys.
-    z = corners[2].transpose(0, 1).reshape(3, -1).index_select(1, tri)
+    z0, z1, z2 = (z[k].index_select(0, member) for k in range(3))
     w_sum = w[0] + w[1] + w[2]
-    depth = (w[0] * z[0] + w[1] * z[1] + w[2] * z[2]) / w_sum + 0.0
+    depth = (w[0] * z0 + w[1] * z1 + w[2] * z2) / w_sum + 0.0
     pix_to_face = torch.full((n_pixels,), -1, dtype=torch.int64, device=device)
     zbuf = torch.full((n_pixels,), float("-inf"), dtype=dtype, device=device)
     if dtype == torch.float32:
@@ -331,23 +359,26 @@ def _rasterize_frames(
     hit = pixel.index_select(0, winner)
     pix_to_face.index_copy_(0, hit, face.index_select(0, winner))
     zbuf.index_copy_(0, hit, depth.index_select(0, winner))
-    bary = torch.full((3, n_pixels), -1.0, dtype=dtype, device=device)
-    w_win, w_sum_win = w.index_select(1, winner), w_sum.index_select(0, winner)
-    for k in range(3):
-        bary[k].index_copy_(0, hit, w_win[k] / w_sum_win)
     shape = (frames, height, width)
-    # bary is returned as a (B, H, W, 3) view of the (3, B, H, W) buffer (use .reshape, not .view).
-    return Fragments(pix_to_face.view(shape), zbuf.view(shape), bary.view(3, *shape).permute(1, 2, 3, 0))
+    bary = None
+    if config.barycentrics:
+        bary = torch.full((3, n_pixels), -1.0, dtype=dtype, device=device)
+        w_sum_win = w_sum.index_select(0, winner)
+        for k in range(3):
+            bary[k].index_copy_(0, hit, w[k].index_select(0, winner) / w_sum_win)
+        # Returned as a (B, H, W, 3) view of the (3, B, H, W) buffer (use .reshape, not .view).
+        bary = bary.view(3, *shape).permute(1, 2, 3, 0)
+    return Fragments(pix_to_face.view(shape), zbuf.view(shape), bary)
 
 
 def _empty_fragments(
-    batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype
+    batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype, barycentrics: bool = True
 ) -> Fragments:
     shape = (batch, height, width)
     return Fragments(
         torch.full(shape, -1, dtype=torch.int64, device=device),
         torch.full(shape, float("-inf"), dtype=dtype, device=device),
-        torch.full((*shape, 3), -1.0, dtype=dtype, device=device),
+        torch.full((*shape, 3), -1.0, dtype=dtype, device=device) if barycentrics else None,
     )
 
 
@@ -387,7 +418,7 @@ def rasterize_pytorch3d(
     if cull_backfaces:
         # Our orientation test (see _triangle_setup), then per-frame face lists; ids map back below.
         corners = _gather_corners(verts_px, faces)
-        keep = _triangle_setup(corners[0], corners[1], faces).area2 > 0  # (B, F)
+        keep = _signed_area2(corners[0].unbind(1), corners[1].unbind(1), faces.t()) > 0  # (B, F)
         face_lists = [faces[k] for k in keep]
         face_ids = torch.cat([k.nonzero().squeeze(1) for k in keep])
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from pipeline.nmfc import (
     triangle_colors,
     write_nmfc_png,
 )
+from pipeline.rasterize import rasterize
 from pipeline.schema import decode_image
 
 SIZE = 128
@@ -86,7 +89,9 @@ def _landmark_check(renderer, hoods, identity, expression, camera):
     landmarks_px = renderer.landmarks_px(identity, expression, camera)
     ncc = torch.as_tensor(renderer.model.normalized_mean_coords)
     faces = renderer.faces
-    frags = renderer.rasterize(verts_px)
+    config = dataclasses.replace(renderer.config.rasterize, barycentrics=True)
+    frags = rasterize(verts_px, renderer.faces, renderer.config.image_size, config)
+    assert torch.equal(frags.pix_to_face, out.pix_to_face)
     results, in_front = [], 0
     for b in range(len(camera)):
         for k, vid in enumerate(renderer.landmarks.tolist()):
