@@ -112,16 +112,31 @@ def _clean(fg: np.ndarray, face: np.ndarray) -> np.ndarray:
     return fg | face
 
 
-def colour_model_masks(images: np.ndarray, face_masks: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+def landmark_face_masks(landmarks_px: np.ndarray, size: int) -> np.ndarray:
+    """The face inside the jawline and brows: landmarks (T, 68, 2) crop pixels -> (T, size, size) bool."""
+    outline = np.concatenate([landmarks_px[:, :17], landmarks_px[:, 26:16:-1]], axis=1)
+    masks = np.zeros((len(landmarks_px), size, size), np.uint8)
+    for k, points in enumerate(outline):
+        if np.all(np.isfinite(points)):
+            cv2.fillPoly(masks[k], [cv2.convexHull(np.round(points).astype(np.int32))], 1)
+    return masks.astype(bool)
+
+
+def colour_model_masks(
+    images: np.ndarray, face_masks: np.ndarray, cfg: MaskConfig, head_masks: np.ndarray | None = None
+) -> np.ndarray:
     """Foreground masks of one video's crops with the colour-model backend.
 
-    images (T, H, W, 3) uint8 RGB crops, face_masks (T, H, W) bool (the rendered face surface, e.g. the
+    images (T, H, W, 3) uint8 RGB crops; face_masks (T, H, W) bool, sure foreground (the face inside the
+    landmarks); head_masks (T, H, W) bool, optional probable foreground (the rendered head surface, the
     NMFC visibility mask) -> masks (T, H, W) bool.
     """
     if images.shape[:3] != face_masks.shape:
         raise ValueError(f"images {images.shape} and face masks {face_masks.shape} disagree")
     t = images.shape[0]
     prior = head_prior(face_masks, cfg)
+    if head_masks is not None:
+        prior |= head_masks
     fg_hist = np.full(_BINS**3, 0.5)  # additive smoothing keeps unseen colours undecided
     bg_hist = np.full(_BINS**3, 0.5)
     with_face = np.flatnonzero(face_masks.reshape(t, -1).any(axis=1))
@@ -185,15 +200,16 @@ def foreground_masks(
     images: np.ndarray,
     face_masks: np.ndarray,
     cfg: MaskConfig,
+    head_masks: np.ndarray | None = None,
     segmenter: DeepLabPersonSegmenter | None = None,
 ) -> np.ndarray:
     """Foreground masks for one video's crops with the configured backend.
 
-    images (T, H, W, 3) uint8 RGB, face_masks (T, H, W) bool -> (T, H, W) bool. The face surface is always
-    foreground.
+    images (T, H, W, 3) uint8 RGB, face_masks (T, H, W) bool sure foreground, head_masks optional
+    probable foreground -> (T, H, W) bool. The face is always foreground.
     """
     if cfg.backend == "colour_model":
-        return colour_model_masks(images, face_masks, cfg)
+        return colour_model_masks(images, face_masks, cfg, head_masks)
     segmenter = segmenter or DeepLabPersonSegmenter(cfg.weights_path, cfg.device)
     return segmenter(images) | face_masks
 

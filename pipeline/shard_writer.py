@@ -99,7 +99,6 @@ def contact_sheet(
     t = crops.shape[0]
     picks = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
     scale = tile_px / crops.shape[1]
-    max_flow = max(float(np.abs(flow).max()), 1.0)
     rows = []
     for k in picks:
         crop = cv2.resize(crops[k], (tile_px, tile_px), interpolation=cv2.INTER_AREA)
@@ -109,7 +108,7 @@ def contact_sheet(
             crop,
             cv2.resize(nmfc[k], (tile_px, tile_px), interpolation=cv2.INTER_NEAREST),
             cv2.resize(np.repeat(masks[k, ..., None].astype(np.uint8) * 255, 3, 2), (tile_px, tile_px)),
-            cv2.resize(flow_to_rgb(flow[k], max_flow), (tile_px, tile_px)),
+            cv2.resize(flow_to_rgb(flow[k], max(float(np.abs(flow[k]).max()), 1.0)), (tile_px, tile_px)),
         ]
         rows.append(np.concatenate(tiles, axis=1))
     return np.concatenate(rows, axis=0)
