@@ -123,34 +123,35 @@ def rasterize(
 
 
 def _canonical_edge(k: int, x, y, ids) -> tuple[torch.Tensor, ...]:
-    """Edge k (opposite corner k, running from corner k+1 to corner k+2) in canonical form.
+    """Edge k (opposite corner k, running from corner i = k+1 to corner j = k+2) in canonical form.
 
     x, y: 3 tensors of one shape S (the corners' image coordinates); ids: 3 integer tensors broadcastable
-    to S (the corners' vertex ids). Returns ax, ay (the endpoint with the lower vertex id), dx, dy (the
-    other endpoint minus it) and sign (S) = +1 where the triangle runs the edge in that order, else -1.
+    to S (the corners' vertex ids). Returns the anchor ax, ay (the endpoint with the lower vertex id) and
+    dx, dy = corner j - corner i. The canonical edge function from the anchor a to the other end b,
+    ``E(p) = (p.x - a.x) * (b.y - a.y) - (p.y - a.y) * (b.x - a.x)``, times +1 where the triangle runs the
+    edge as a -> b and -1 where it runs it b -> a, equals ``(p.x - ax) * dy - (p.y - ay) * dx`` bitwise:
+    ``b - a`` and ``j - i`` differ at most by a sign, and negation is exact.
     """
     i, j = (k + 1) % 3, (k + 2) % 3
     forward = ids[i] < ids[j]
-    ax, bx = torch.where(forward, x[i], x[j]), torch.where(forward, x[j], x[i])
-    ay, by = torch.where(forward, y[i], y[j]), torch.where(forward, y[j], y[i])
-    sign = torch.where(forward, 1.0, -1.0).to(x[0].dtype)
-    return ax, ay, bx - ax, by - ay, sign
+    ax, ay = torch.where(forward, x[i], x[j]), torch.where(forward, y[i], y[j])
+    return ax, ay, x[j] - x[i], y[j] - y[i]
 
 
 def _signed_area2(x, y, ids) -> torch.Tensor:
     """Twice the signed image-space area (> 0: facing the camera): w_0 at corner 0, evaluated with the
     canonical edge function like any pixel centre (see ``_triangle_setup``)."""
-    ax, ay, dx, dy, sign = _canonical_edge(0, x, y, ids)
-    return sign * ((x[0] - ax) * dy - (y[0] - ay) * dx)
+    ax, ay, dx, dy = _canonical_edge(0, x, y, ids)
+    return (x[0] - ax) * dy - (y[0] - ay) * dx
 
 
 class _TriangleSetup(NamedTuple):
     """Edge data of T triangles as (3 edges, T) tensors (edge k is opposite corner k, so its edge function
     is the unnormalised barycentric weight of corner k), see ``_triangle_setup``."""
 
-    ax: torch.Tensor  # canonical edge start x (the endpoint with the lower vertex id)
+    ax: torch.Tensor  # anchor x: the edge's endpoint with the lower vertex id
     ay: torch.Tensor
-    dx: torch.Tensor  # (canonical end - start) times the sign s that makes the inside positive
+    dx: torch.Tensor  # edge vector (corner k+2 - corner k+1) times the triangle's orientation (+-1)
     dy: torch.Tensor
 
 
@@ -158,21 +159,19 @@ def _triangle_setup(x, y, ids) -> _TriangleSetup:
     """Edge functions in the canonical, orientation-normalised form used by the torch backend.
 
     x, y: 3 tensors (T,) of corner coordinates; ids: 3 integer tensors (T,) of corner vertex ids.
-    With canonical endpoints a (lower vertex id) and b of an edge, ``E(p) = (p.x - a.x) * (b.y - a.y) -
-    (p.y - a.y) * (b.x - a.x)``. Multiplying (b - a) by s = +-1 (flipping it when the triangle runs the
-    edge from b to a, and once more when the triangle is wound negatively) is exact, so
-    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is positive inside every triangle and bitwise opposite
-    for the two triangles sharing an edge.
+    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of edge k (see
+    ``_canonical_edge``) times the triangle's orientation, so it is positive inside every triangle, and
+    the two triangles sharing an edge (same anchor, opposite directions) see bitwise opposite values.
     """
     edges = [_canonical_edge(k, x, y, ids) for k in range(3)]
-    ax, ay, dx, dy, sign = edges[0]
-    orientation = torch.where(sign * ((x[0] - ax) * dy - (y[0] - ay) * dx) < 0, -1.0, 1.0).to(x[0].dtype)
-    rows = [[], [], [], []]
-    for ax, ay, dx, dy, sign in edges:
-        s = sign * orientation
-        for row, value in zip(rows, (ax, ay, dx * s, dy * s)):
-            row.append(value)
-    return _TriangleSetup(*(torch.stack(row) for row in rows))
+    ax, ay, dx, dy = edges[0]
+    orientation = torch.where((x[0] - ax) * dy - (y[0] - ay) * dx < 0, -1.0, 1.0).to(x[0].dtype)
+    return _TriangleSetup(
+        torch.stack([e[0] for e in edges]),
+        torch.stack([e[1] for e in edges]),
+        torch.stack([e[2] for e in edges]) * orientation,
+        torch.stack([e[3] for e in edges]) * orientation,
+    )
 
 
 def _include_edge(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
