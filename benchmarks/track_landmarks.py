@@ -7,11 +7,12 @@ Throughput (frames/s, one torch thread unless --threads): decoding, MTCNN detect
 frame, on the downscaled frame), tracking (detection + linking, per kept frame), cropping, landmarks per
 available backend (dlib always; FAN when its weights are present locally), and end to end.
 
-``--dump DIR`` runs decode -> track -> crop -> dlib landmarks on every frame of every clip and writes
-``DIR/<clip_stem>.npz`` with ``landmarks_px (T, 68, 2) float32`` (crop pixels), ``frame_index (T,)
-int64``, ``crop_size`` (int), ``fps`` (float), and the crop transform (``crop_center_px (T, 2)``,
-``crop_side_px (T,)`` frame pixels; see pipeline/face_track.py) and ``frame_hw``; rejected clips are
-listed with their reason in ``DIR/summary.json``; ``DIR/DONE`` is written last.
+``--dump DIR`` runs decode -> track -> crop -> landmarks (``--backend``, dlib by default) on every
+frame of every clip and writes ``DIR/<clip_stem>.npz`` with ``landmarks_px (T, 68, 2) float32`` (crop
+pixels), ``frame_index (T,) int64``, ``crop_size`` (int), ``fps`` (float), the crop transform
+(``crop_center_px (T, 2)``, ``crop_side_px (T,)`` frame pixels; see pipeline/face_track.py) and
+``frame_hw``; rejected clips are listed with their reason in ``DIR/summary.json``; ``DIR/DONE`` is
+written last.
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ from pipeline.landmarks import LandmarkConfig, detect_landmarks, fan_weights_pat
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
 
 
-def dump_landmarks(videos: list[Path], out_dir: Path, decode_config: DecodeConfig) -> dict:
+def dump_landmarks(
+    videos: list[Path], out_dir: Path, decode_config: DecodeConfig, config: LandmarkConfig | None = None
+) -> dict:
     """Landmarks of every kept frame of each video to ``out_dir/<stem>.npz``; returns a summary."""
+    config = config or LandmarkConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {}
     for path in videos:
         start = time.perf_counter()
         try:
-            result = landmarks_for_video(path, decode_config)
+            result = landmarks_for_video(path, decode_config, None, config)
         except VideoRejected as err:
             summary[path.stem] = {"rejected": err.reason, "message": str(err)}
             print(f"{path.name}: rejected ({err.reason}): {err}", flush=True)
@@ -113,6 +117,7 @@ def measure(videos: list[Path], frames_per_clip: int) -> dict:
         "frames_per_clip": frames_per_clip,
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other processes share these cores
         "sparse_read_note": "track_fps includes decoding the detection frames",
         **fps,
     }
@@ -127,13 +132,16 @@ def main() -> None:
     parser.add_argument("--dump", default=None, help="write landmarks of every frame of every clip here")
     parser.add_argument("--frames", type=int, default=60, help="frames per clip for the throughput run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--backend", default="dlib", choices=["dlib", "fan"], help="landmarks for --dump")
+    parser.add_argument("--device", default="cpu", help="torch device for the FAN backend")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     videos = sorted(Path(args.videos).glob("*.mp4"))
     if not videos:
         raise SystemExit(f"--videos {args.videos}: no .mp4 clips found")
     if args.dump:
-        summary = dump_landmarks(videos, Path(args.dump), DecodeConfig())
+        config = LandmarkConfig(backend=args.backend, device=args.device)
+        summary = dump_landmarks(videos, Path(args.dump), DecodeConfig(), config)
         print(json.dumps({"dumped": len([s for s in summary.values() if "frames" in s]), "to": args.dump}))
         return
     print(json.dumps(measure(videos, args.frames)))

@@ -45,6 +45,7 @@ class LandmarkConfig:
         1/k pixel steps (on the shared clips x4 cut frame-to-frame jitter from 1.5% to 0.9% of the eye
         distance for +1 ms per face).
     fan_weights_path: 2D FAN-4 state dict (or TorchScript file); None looks in face-alignment's cache.
+    fan_modules: stacked hourglasses in the FAN state dict (4 for face-alignment's released 2DFAN-4).
     fan_reference_scale, fan_center_shift_y: face-alignment's crop recipe (window side = 200/195 of
         the box's width + height, centre raised by 0.12 box heights), applied to the MTCNN box.
     fan_flip_input: average with the prediction on the mirrored crop (2x cost, slightly steadier).
@@ -58,6 +59,7 @@ class LandmarkConfig:
     dlib_box_shift_y: float = 0.06
     dlib_upsample: int = 4
     fan_weights_path: str | None = None
+    fan_modules: int = 4
     fan_reference_scale: float = 195.0
     fan_center_shift_y: float = 0.12
     fan_flip_input: bool = False
@@ -131,14 +133,14 @@ def landmarks_dlib(crops: np.ndarray, face_boxes_px: np.ndarray, config: Landmar
 
 
 @functools.lru_cache(maxsize=2)
-def _fan_network(path: str, device: str) -> torch.nn.Module:
+def _fan_network(path: str, device: str, modules: int) -> torch.nn.Module:
     from face_alignment.models import FAN
 
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # older face-alignment releases shipped TorchScript archives
         return torch.jit.load(path, map_location=device).eval()
-    network = FAN(4)
+    network = FAN(modules)
     network.load_state_dict(state)
     return network.to(device).eval()
 
@@ -196,7 +198,7 @@ def heatmaps_to_points(heatmaps: torch.Tensor) -> torch.Tensor:
 def landmarks_fan(crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()):
     """FAN 68 points: crops (B, S, S, 3) uint8 RGB, face_boxes_px (B, 4) in crop pixels ->
     landmarks_px (B, 68, 2) float32, crop pixels."""
-    network = _fan_network(str(fan_weights_path(config)), config.device)
+    network = _fan_network(str(fan_weights_path(config)), config.device, config.fan_modules)
     matrices = fan_window(face_boxes_px, config)
     out = np.empty((len(crops), NUM_LANDMARKS, 2), np.float32)
     for start in range(0, len(crops), config.batch_size):
@@ -262,6 +264,8 @@ def landmarks_for_video(
     """
     decode_config = decode_config or DecodeConfig()
     track_config = track_config or FaceTrackConfig()
+    # Missing model files fail before any decoding.
+    dlib_model_path(config) if config.backend == "dlib" else fan_weights_path(config)
     info = video_info(path, decode_config)
     track = track_video(path, decode_config, track_config)
     boxes = track.face_box_crop_px()

@@ -108,10 +108,10 @@ def test_fan_backend_runs_batched_with_local_weights(tmp_path):
 
     torch.manual_seed(0)
     path = tmp_path / "fan_random.pth.tar"
-    torch.save(FAN(4).state_dict(), path)
+    torch.save(FAN(1).state_dict(), path)  # one hourglass instead of the released four: 4x cheaper
     crops = np.random.default_rng(0).integers(0, 255, (3, 96, 96, 3), np.uint8)
     boxes = np.array([[20.0, 20.0, 76.0, 76.0]] * 3)
-    config = LandmarkConfig(backend="fan", fan_weights_path=str(path), batch_size=2)
+    config = LandmarkConfig(backend="fan", fan_weights_path=str(path), fan_modules=1, batch_size=2)
     landmarks = detect_landmarks(crops, boxes, config)
     assert landmarks.shape == (3, 68, 2) and landmarks.dtype == np.float32
     # Whatever the weights, the decoded points lie in FAN's window around the box, mapped to the crop.
@@ -122,18 +122,21 @@ def test_fan_backend_runs_batched_with_local_weights(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip_landmarks(shared_videos):
-    """dlib landmarks of the first 30 frames of every shared clip (MTCNN on 4 of them)."""
-    decode = DecodeConfig(max_frames=30)
+    """dlib landmarks of the first 20 frames of every shared clip (MTCNN on 3 of them)."""
+    decode = DecodeConfig(max_frames=20)
     track = FaceTrackConfig(detect_every=10)
     return {p.stem: landmarks_for_video(p, decode, track) for p in sorted(shared_videos.glob("*.mp4"))}
 
 
-def test_every_clip_has_face_shaped_steady_landmarks(clip_landmarks):
+def test_every_clip_has_a_track_and_face_shaped_steady_landmarks(clip_landmarks):
     assert len(clip_landmarks) == 14
     for name, result in clip_landmarks.items():
-        landmarks = result.landmarks_px
-        assert landmarks.shape == (30, 68, 2) and landmarks.dtype == np.float32, name
-        assert result.frame_index.tolist() == list(range(30)) and result.crop_size == 256 and result.fps > 0
+        track, landmarks = result.track, result.landmarks_px
+        height, width = track.frame_hw
+        assert track.detected.sum() >= 2, name  # 3 detection frames; one miss is tolerated
+        assert np.all((track.box_center_px > 0) & (track.box_center_px < [width, height])), name
+        assert landmarks.shape == (20, 68, 2) and landmarks.dtype == np.float32, name
+        assert result.frame_index.tolist() == list(range(20)) and result.crop_size == 256 and result.fps > 0
         assert np.all((landmarks > 0) & (landmarks < 255)), name
         assert_face_shaped(landmarks, name)
         iod = inter_ocular(landmarks)
@@ -153,7 +156,7 @@ def test_crop_landmarks_map_back_to_dlib_on_the_full_frame(clip_landmarks, share
     predictor = dlib.shape_predictor(str(dlib_model_path()))
     errors = []
     for name, result in clip_landmarks.items():
-        frame = read_frames(shared_videos / f"{name}.mp4", [15])[0]
+        frame = read_frames(shared_videos / f"{name}.mp4", [10])[0]
         scale = min(1.0, 640 / max(frame.shape[:2]))  # HOG detection on at most 640 px
         small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         faces = detector(small, 0)
@@ -162,7 +165,7 @@ def test_crop_landmarks_map_back_to_dlib_on_the_full_frame(clip_landmarks, share
         r = faces[0]
         rect = dlib.rectangle(*[int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom())])
         reference = np.array([(p.x, p.y) for p in predictor(frame, rect).parts()], np.float64)
-        ours = result.track.crop_to_frame(result.landmarks_px[15:16].astype(np.float64), [15])[0]
+        ours = result.track.crop_to_frame(result.landmarks_px[10:11].astype(np.float64), [10])[0]
         errors.append(np.linalg.norm(ours - reference, axis=1).mean() / inter_ocular(reference))
     assert len(errors) >= 10
     assert np.median(errors) < 0.04 and max(errors) < 0.08, errors
@@ -178,7 +181,7 @@ def test_photo_landmarks(shared_images):
 def test_fan_agrees_with_dlib(clip_landmarks, shared_videos):
     path = shared_videos / "liveportrait_d3.mp4"
     fan = landmarks_for_video(
-        path, DecodeConfig(max_frames=30), FaceTrackConfig(detect_every=10), LandmarkConfig(backend="fan")
+        path, DecodeConfig(max_frames=20), FaceTrackConfig(detect_every=10), LandmarkConfig(backend="fan")
     )
     dlib_points = clip_landmarks["liveportrait_d3"].landmarks_px
     error = np.linalg.norm(fan.landmarks_px - dlib_points, axis=2).mean() / inter_ocular(dlib_points).mean()
