@@ -282,11 +282,14 @@ def _rasterize_frames(
     classes = _box_classes(max(height, width))
     n_cls = len(classes)
     tri = usable.reshape(-1).nonzero().squeeze(1)
-    x_lo, y_lo, n_x, n_y = (b.reshape(-1).index_select(0, tri) for b in box)
-    group = (_box_class_index(n_y) * n_cls + _box_class_index(n_x)).int()
-    group, perm = torch.sort(group)
+    box = [b.reshape(-1) for b in box]
+    group = _box_class_index(box[3].index_select(0, tri)) * n_cls + _box_class_index(
+        box[2].index_select(0, tri)
+    )
+    # A stable sort keeps each group in triangle order, so the gathers below read memory in order.
+    tri = tri.index_select(0, torch.argsort(group.to(torch.int16), stable=True))
     group_sizes = torch.bincount(group, minlength=n_cls * n_cls).tolist()
-    tri, x_lo, y_lo, n_x, n_y = (t.index_select(0, perm) for t in (tri, x_lo, y_lo, n_x, n_y))
+    x_lo, y_lo, n_x, n_y = (b.index_select(0, tri) for b in box)
     face = tri % n_faces
     # Corners of the sorted triangles, gathered from the vertices: (3 corners, T) each.
     ids = faces.index_select(0, face).t()  # (3, T)
