@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from model.camera import CAMERA_DIM, PITCH, ROLL, SCALE, TX, TY, euler_to_matrix, matrix_to_euler
 from model.morphable_model import N_LANDMARKS, MorphableModel
@@ -200,7 +201,7 @@ def _rotation_to_camera(rotation: np.ndarray, tx_ty: np.ndarray, scale: np.ndarr
 
 def camera_rotation(camera: np.ndarray) -> np.ndarray:
     """camera (T, 7) -> R (T, 3, 3) float64 (model.camera's convention)."""
-    angles = torch.as_tensor(np.asarray(camera)[..., PITCH : ROLL + 1], dtype=torch.float64)
+    angles = torch.tensor(np.asarray(camera)[..., PITCH : ROLL + 1], dtype=torch.float64)
     return euler_to_matrix(angles).numpy()
 
 
@@ -433,8 +434,16 @@ def fit_video(
     landmarks_px (T, 68, 2) float, image pixels (model.camera conventions; NaN = missing);
     weights (T, 68) in [0, 1] (0 = occluded or missing; default 1 where finite). Inputs are not modified.
     Raises TooShort for T < 1 and FitDiverged when the fit is non-finite or its mean landmark error
-    exceeds ``config.max_mean_error_iod``.
+    exceeds ``config.max_mean_error_iod``. Runs on one core: every product here is a batch of small
+    per-frame matrices, where BLAS threads only add overhead (10x slower on a loaded machine).
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_video(model, landmarks_px, weights, config)
+
+
+def _fit_video(
+    model: MorphableModel, landmarks_px: np.ndarray, weights: np.ndarray | None, config: FitConfig
+) -> FitResult:
     landmarks_px = np.array(landmarks_px, dtype=np.float64, copy=True)
     if landmarks_px.ndim != 3 or landmarks_px.shape[1:] != (N_LANDMARKS, 2):
         raise ValueError(f"landmarks_px must be (T, {N_LANDMARKS}, 2), got {landmarks_px.shape}")

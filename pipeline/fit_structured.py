@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.linalg import cholesky_banded
 from scipy.linalg.lapack import dpbtrs
+from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
     from pipeline.fit_3dmm import ShapeProblem
@@ -39,7 +40,7 @@ class StructuredSolverConfig:
     rho: float = 0.1  # times each coordinate's Hessian diagonal
     relaxation: float = 1.6  # over-relaxation in (1, 2), Boyd et al. section 3.4.3
     max_iterations: int = 400
-    tolerance: float = 2e-4  # on primal and dual residuals, relative to the iterate's scale
+    tolerance: float = 5e-4  # on primal and dual residuals, relative to the iterate's scale
 
 
 class _ArrowSolver:
@@ -110,7 +111,13 @@ def fit_shape_admm_structured(
     config: StructuredSolverConfig = StructuredSolverConfig(),
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Minimises ``problem.energy`` within its bounds: identity (N_id,), expression (T, N_exp) starting
-    values (projected into the box) -> (identity, expression, ADMM iterations). Inputs are not modified."""
+    values (projected into the box) -> (identity, expression, ADMM iterations). Inputs are not modified.
+    Single-threaded BLAS (batches of small per-frame products, where threads only add overhead)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _admm(problem, identity, expression, config)
+
+
+def _admm(problem, identity, expression, config):
     g_aa, g_ea, g_ee, r_a, r_e = problem.gram
     lo_a, hi_a = problem.identity_bounds.T
     lo_e, hi_e = problem.expression_bounds.T
