@@ -30,24 +30,34 @@ MOUTH_LANDMARKS = slice(48, 68)
 
 
 @dataclass(frozen=True)
+class NmfcRasterizeConfig(RasterizeConfig):
+    """``RasterizeConfig`` with the NMFC defaults (its own class, so that a partial override such as
+    ``--set render.rasterize.backend=torch`` keeps them).
+
+    Back faces are culled: the 3DMM surface is open at the eyes, the mouth and the neck, and without
+    culling those holes would show the inside of the back of the head (colours of the wrong surface
+    points); culled, they stay background. It also halves the rasteriser's work. Barycentrics are not
+    computed: the colours need only ``pix_to_face``.
+    """
+
+    cull_backfaces: bool = True
+    barycentrics: bool = False
+
+
+@dataclass(frozen=True)
 class NmfcConfig:
     """NMFC rendering settings.
 
     image_size: (H, W) of the NMFC images in pixels (the face crop's size).
     mouth_box_px: side of the square mouth crop for the mouth discriminator, pixels.
     batch_frames: frames rasterised per call (bounds memory; larger is faster per frame).
-    rasterize: rasteriser settings. Back faces are culled by default: the 3DMM surface is open at the
-        eyes, the mouth and the neck, and without culling those holes would show the inside of the back
-        of the head (colours of the wrong surface points); culled, they stay background. It also halves
-        the rasteriser's work. Barycentrics are not computed (the colours need only ``pix_to_face``).
+    rasterize: rasteriser settings (see ``NmfcRasterizeConfig``).
     """
 
     image_size: tuple[int, int] = (256, 256)
     mouth_box_px: int = 64
     batch_frames: int = 32
-    rasterize: RasterizeConfig = field(
-        default_factory=lambda: RasterizeConfig(cull_backfaces=True, barycentrics=False)
-    )
+    rasterize: NmfcRasterizeConfig = field(default_factory=NmfcRasterizeConfig)
 
 
 class NmfcImages(NamedTuple):

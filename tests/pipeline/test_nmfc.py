@@ -231,3 +231,11 @@ def test_png_round_trip(tmp_path, renderer, ict_model):
     assert np.abs(decoded / 255.0 - image.numpy()).max() <= 0.5 / 255 + 1e-6
     with pytest.raises(ValueError, match="H, W, 3"):
         write_nmfc_png(str(tmp_path / "bad.png"), np.zeros((4, 4), np.uint8))
+
+
+def test_config_override_keeps_nmfc_rasterizer_defaults():
+    from infra.config import from_dict
+
+    config = from_dict(NmfcConfig, {"rasterize": {"backend": "torch"}})
+    assert config.rasterize.backend == "torch"
+    assert config.rasterize.cull_backfaces and not config.rasterize.barycentrics
