@@ -406,17 +406,10 @@ def rasterize_pytorch3d(
     faces = faces.to(device=verts_px.device, dtype=torch.int64)
     if batch == 0 or n_faces == 0:
         return _empty_fragments(batch, height, width, verts_px.device, verts_px.dtype)
-    short = float(min(height, width))
     depth = verts_px[..., 2]
     depth_top = torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).amax(-1, keepdim=True)
-    verts_ndc = torch.stack(
-        [
-            (width - 1 - 2 * verts_px[..., 0]) / short,
-            (height - 1 - 2 * verts_px[..., 1]) / short,
-            depth_top - depth + 1.0,
-        ],
-        -1,
-    ).float()
+    xy_ndc = image_to_ndc(verts_px[..., :2], (height, width))
+    verts_ndc = torch.cat([xy_ndc, (depth_top - depth + 1.0)[..., None]], -1).float()
     if cull_backfaces:
         # Our orientation test (see _triangle_setup), then per-frame face lists; ids map back below.
         corners = _gather_corners(verts_px, faces)
@@ -438,6 +431,21 @@ def rasterize_pytorch3d(
     )
     bary = torch.where(hit[..., None], bary.to(verts_px.dtype), -1.0)
     return Fragments(face, zbuf, bary)
+
+
+def image_to_ndc(xy_px: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Image space (``model.camera``: pixel centre (i, j) at (x, y) = (j, i), y down) to PyTorch3D's NDC
+    (+X left, +Y up, the shorter side spanning [-1, 1], square pixels): xy_px (..., 2) -> (..., 2).
+
+    PyTorch3D puts the centre of its pixel (i, j) at ``PixToNonSquareNdc(W - 1 - j, W, H)``,
+    ``PixToNonSquareNdc(H - 1 - i, H, W)``, which is x = (W - 1 - 2 j) / S, y = (H - 1 - 2 i) / S with
+    S = min(H, W); the map is affine, so it holds for any point.
+    """
+    height, width = image_size
+    short = float(min(height, width))
+    return torch.stack(
+        [(width - 1 - 2 * xy_px[..., 0]) / short, (height - 1 - 2 * xy_px[..., 1]) / short], -1
+    )
 
 
 # --- Slow reference ------------------------------------------------------------------------------------

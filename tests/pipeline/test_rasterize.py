@@ -11,6 +11,7 @@ import torch
 from model.camera import make_camera, project
 from pipeline.rasterize import (
     RasterizeConfig,
+    image_to_ndc,
     pytorch3d_available,
     rasterize,
     rasterize_pytorch3d,
@@ -320,3 +321,24 @@ def test_pytorch3d_backend_agrees():
         torch.testing.assert_close(
             theirs.bary_coords.cpu()[both], ours.bary_coords[both], rtol=1e-3, atol=1e-3
         )
+
+
+@pytest.mark.parametrize(("height", "width"), [(4, 4), (3, 5), (6, 2)])
+def test_image_to_ndc_matches_pytorch3d_pixel_centres(height, width):
+    # PyTorch3D (csrc/utils/float_math / rasterize_meshes): the centre of its pixel (yi, xi) lies at
+    # x = PixToNonSquareNdc(W - 1 - xi, W, H), y = PixToNonSquareNdc(H - 1 - yi, H, W).
+    def pix_to_non_square_ndc(i, s1, s2):
+        ndc_range = 2.0 * s1 / s2 if s1 > s2 else 2.0
+        offset = ndc_range / 2.0
+        return -offset + (ndc_range * i + offset) / s1
+
+    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    centres = torch.stack([j, i], -1).double()  # our pixel centres (x, y) = (j, i)
+    ndc = image_to_ndc(centres, (height, width))
+    for yi in range(height):
+        for xi in range(width):
+            expected = (
+                pix_to_non_square_ndc(width - 1 - xi, width, height),
+                pix_to_non_square_ndc(height - 1 - yi, height, width),
+            )
+            assert ndc[yi, xi].tolist() == pytest.approx(expected, abs=1e-12)
