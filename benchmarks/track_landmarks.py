@@ -5,7 +5,8 @@
 
 Throughput (frames/s, one torch thread unless --threads): decoding, MTCNN detection (per detection
 frame, on the downscaled frame), tracking (detection + linking, per kept frame), cropping, landmarks per
-available backend (dlib always; FAN when its weights are present locally), and end to end.
+available backend (dlib always; FAN when its weights are present locally, else FAN's speed alone with
+random weights), and end to end.
 
 ``--dump DIR`` runs decode -> track -> crop -> landmarks (``--backend``, dlib by default) on every
 frame of every clip and writes ``DIR/<clip_stem>.npz`` with ``landmarks_px (T, 68, 2) float32`` (crop
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def dump_landmarks(
     return summary
 
 
-def measure(videos: list[Path], frames_per_clip: int) -> dict:
+def measure(videos: list[Path], frames_per_clip: int, device: str = "cpu") -> dict:
     """Throughput of each step on the first ``frames_per_clip`` frames of each video."""
     decode_config = DecodeConfig(max_frames=frames_per_clip, min_frames=1)
     track_config = FaceTrackConfig()
@@ -96,6 +98,9 @@ def measure(videos: list[Path], frames_per_clip: int) -> dict:
         counts[key] += count
         return out
 
+    # Warm-up: model loading (MTCNN, the 100 MB dlib predictor) is not throughput.
+    detect_faces(np.zeros((1, 64, 64, 3), np.uint8), track_config)
+    detect_landmarks(np.zeros((1, 64, 64, 3), np.uint8), np.array([[16.0, 16, 48, 48]]), LandmarkConfig())
     for path in videos:
         chunks = timed("decode", frames_per_clip, lambda p: list(iter_frames(p, decode_config)), path)
         frame_index = np.concatenate([c[0] for c in chunks])
@@ -108,7 +113,9 @@ def measure(videos: list[Path], frames_per_clip: int) -> dict:
         boxes = track.face_box_crop_px()
         timed("dlib", len(rows), detect_landmarks, crops, boxes, LandmarkConfig(backend="dlib"))
         if have_fan:
-            timed("fan", len(rows), detect_landmarks, crops, boxes, LandmarkConfig(backend="fan"))
+            timed(
+                "fan", len(rows), detect_landmarks, crops, boxes, LandmarkConfig(backend="fan", device=device)
+            )
         timed("end_to_end", len(rows), landmarks_for_video, path, decode_config, track_config)
     fps = {f"{k}_fps": round(counts[k] / totals[k], 2) for k in totals if counts[k]}
     result = {
@@ -123,7 +130,23 @@ def measure(videos: list[Path], frames_per_clip: int) -> dict:
     }
     if not have_fan:
         result["fan"] = f"unavailable: {fan_missing.split(';')[0]}"
+        # FAN's cost does not depend on its weights: time the network with random ones (speed only).
+        result["fan_random_weights_fps"] = fan_speed_random_weights(crops[:8], boxes[:8], device)
     return result
+
+
+def fan_speed_random_weights(crops: np.ndarray, boxes: np.ndarray, device: str) -> float:
+    """FAN-4 landmark throughput (frames/s) with randomly initialised weights from a temporary file."""
+    from face_alignment.models import FAN
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fan_random.pth.tar"
+        torch.save(FAN(4).state_dict(), path)
+        config = LandmarkConfig(backend="fan", fan_weights_path=str(path), device=device, batch_size=8)
+        detect_landmarks(crops[:1], boxes[:1], config)  # load and warm up
+        start = time.perf_counter()
+        detect_landmarks(crops, boxes, config)
+        return round(len(crops) / (time.perf_counter() - start), 2)
 
 
 def main() -> None:
@@ -144,7 +167,7 @@ def main() -> None:
         summary = dump_landmarks(videos, Path(args.dump), DecodeConfig(), config)
         print(json.dumps({"dumped": len([s for s in summary.values() if "frames" in s]), "to": args.dump}))
         return
-    print(json.dumps(measure(videos, args.frames)))
+    print(json.dumps(measure(videos, args.frames, args.device)))
 
 
 if __name__ == "__main__":
