@@ -17,8 +17,16 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
+DEMO_CLIPS ?= liveportrait_d0 aniportrait_pose_ref_video sadtalker_WDA_KatieHill_000
+SHARED_VIDEOS ?= $(abspath ../shared/data/videos)
+
+# The main job on built-in defaults: preprocess a few shared clips locally into shards + contact sheets.
 demo: $(STAMP)
-	$(BIN)/python -m jobs.convert_3dmm --output $(DEMO_OUT)/3dmm
+	@mkdir -p $(DEMO_OUT)
+	@printf 'path\n' > $(DEMO_OUT)/manifest.csv
+	@for clip in $(DEMO_CLIPS); do printf '%s\n' "$(SHARED_VIDEOS)/$$clip.mp4" >> $(DEMO_OUT)/manifest.csv; done
+	$(BIN)/python -m jobs.preprocess --config configs/preprocess.yaml \
+		--input $(DEMO_OUT)/manifest.csv --output $(DEMO_OUT)/preprocess
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -202,9 +202,11 @@ def fit(row: Row, cfg: PreprocessConfig, model: MorphableModel) -> Row:
 
 def render(row: Row, renderer: NmfcRenderer) -> Row:
     """NMFC images (Eq. 3), the face-surface mask and the mouth boxes from the fit."""
-    expression = torch.from_numpy(np.asarray(row["expression"], np.float32))
-    camera = torch.from_numpy(np.asarray(row["camera"], np.float32))
-    identity = torch.from_numpy(np.asarray(row["identity_coefficients"], np.float32)).expand(len(camera), -1)
+    expression = torch.tensor(np.asarray(row["expression"]), dtype=torch.float32)
+    camera = torch.tensor(np.asarray(row["camera"]), dtype=torch.float32)
+    identity = torch.tensor(np.asarray(row["identity_coefficients"]), dtype=torch.float32).expand(
+        len(camera), -1
+    )
     with torch.inference_mode():
         images = renderer.render(identity, expression, camera)
         boxes = renderer.mouth_boxes(identity, expression, camera)
