@@ -241,7 +241,6 @@ def _rasterize_torch(
     if not bool(torch.isfinite(verts_px).all()):
         usable &= torch.isfinite(corners).all(0).all(1)
     candidates = torch.where(usable, n_x * n_y, 0).sum(-1).tolist()  # per frame
-    coords = verts_px.permute(2, 0, 1).reshape(3, -1)  # (3, B * V)
     pieces, first = [], 0
     while first < batch:
         last, total = first, 0
@@ -250,11 +249,7 @@ def _rasterize_torch(
             last += 1
         frames = slice(first, last)
         box = (x_lo[frames], y_lo[frames], n_x[frames], n_y[frames])
-        pieces.append(
-            _rasterize_frames(
-                coords, verts_px.shape[1], first, box, usable[frames], faces, image_size, config
-            )
-        )
+        pieces.append(_rasterize_frames(corners, first, box, usable[frames], faces, image_size, config))
         first = last
     if len(pieces) == 1:
         return pieces[0]
@@ -262,8 +257,7 @@ def _rasterize_torch(
 
 
 def _rasterize_frames(
-    coords: torch.Tensor,
-    n_verts: int,
+    corners: torch.Tensor,
     first: int,
     box: tuple[torch.Tensor, ...],
     usable: torch.Tensor,
@@ -271,11 +265,11 @@ def _rasterize_frames(
     image_size: tuple[int, int],
     config: RasterizeConfig,
 ) -> Fragments:
-    """Rasterises frames first .. first + B - 1: coords (3, all frames * V) vertex coordinates; box =
+    """Rasterises frames first .. first + B - 1: corners (3 coords, all frames, 3 corners, F); box =
     (x_lo, y_lo, n_x, n_y), each (B, F), the pixel-centre bounding boxes; usable (B, F) bool."""
     height, width = image_size
     frames, n_faces = usable.shape
-    device, dtype = coords.device, coords.dtype
+    device, dtype = corners.device, corners.dtype
     n_pixels = frames * height * width
     # Group the usable triangles by box size class (padded rows x cols) and sort them by group, so that
     # each group is a contiguous run; tri = frame * F + face.
@@ -293,8 +287,14 @@ def _rasterize_frames(
     face = tri % n_faces
     # Corners of the sorted triangles, gathered from the vertices: (3 corners, T) each.
     ids = faces.index_select(0, face).t()  # (3, T)
-    vertex = ids + ((tri // n_faces + first) * n_verts)[None]
-    x, y, z = (coords[c].index_select(0, vertex.reshape(-1)).view(3, -1) for c in range(3))
+    # Corner (c, k) of triangle b * F + f sits at ((c * B_all + first + b) * 3 + k) * F + f in the
+    # contiguous corners tensor; tri runs in increasing order within a group, so these reads stream.
+    n_all = corners.shape[1]
+    offset = (tri // n_faces + first) * (3 * n_faces) + face
+    x, y, z = (
+        torch.stack([corners.take(offset + (c * n_all * 3 + k) * n_faces) for k in range(3)])
+        for c in range(3)
+    )
     setup = _triangle_setup(x, y, ids)
     base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     pixels, members, weights = [], [], []
