@@ -125,7 +125,10 @@ def _toy_clip(T=4, S=32):
 
 @pytest.mark.slow
 def test_overfit_clip_from_nmfc():
-    """G alone (L1 + mask L1), sequential as in synthesis, reproduces a 4-frame 32 px clip."""
+    """G alone (L1 + mask L1), sequential as in synthesis, reproduces a 4-frame 32 px clip.
+
+    About 35 s of CPU time (one thread, 300 steps); wall time grows with the machine's other load.
+    """
     torch.manual_seed(0)
     nmfc, frames, masks = _toy_clip()
     g = Generator(GeneratorConfig(base_channels=16, n_downsampling=2, n_blocks=2, n_f=16))
@@ -139,7 +142,11 @@ def test_overfit_clip_from_nmfc():
         opt.step()
     with torch.no_grad():
         out = generate_sequence(g, nmfc, h)
+        blind = generate_sequence(g, torch.zeros_like(nmfc), h)
     # Baseline: the best time-constant answer (per-pixel mean frame) cannot follow the motion.
+    # Measured here (one thread): error 0.36 x baseline, mask error 0.008, blind 2.6 x baseline.
     baseline = (frames - frames.mean(dim=1, keepdim=True)).abs().mean()
     assert (out.frame - frames).abs().mean() < 0.5 * baseline
     assert (out.mask - masks).abs().mean() < 0.03
+    # The frames come from the NMFC, not from replaying the fed-back outputs: without it G fails.
+    assert (blind.frame - frames).abs().mean() > 1.5 * baseline
