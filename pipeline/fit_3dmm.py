@@ -67,6 +67,7 @@ class FitConfig:
     camera_gauss_newton_steps: int = 4
     tolerance: float = 1e-5  # relative energy decrease under which the alternation has converged
     jaw_contour: bool = True  # silhouette correspondence for landmarks 0-7 and 9-16
+    jaw_weight: float = 1.0  # weight of the jawline landmarks 0-16 relative to the inner-face ones
     max_mean_error_iod: float = 0.25  # a fit worse than this (fraction of d) raises FitDiverged
 
 
@@ -456,6 +457,8 @@ def _fit_video(
         raise ValueError(f"weights must be (T, 68) non-negative, got shape {weights.shape}")
     landmarks_px = np.nan_to_num(landmarks_px)
     iod = interocular_px(landmarks_px, weights)
+    weights = weights.copy()
+    weights[:, list(LANDMARK_REGIONS["jaw"])] *= config.jaw_weight
 
     basis = LandmarkBasis.from_model(model, config.jaw_contour)
     identity_bounds = np.tile([-config.identity_bound_std, config.identity_bound_std], (model.n_identity, 1))

@@ -164,3 +164,15 @@ def test_fit_video_reference_and_structured_agree(ict_model):
     )
     assert (fast.energy - ref.energy) / ref.energy <= 1e-3
     np.testing.assert_allclose(fast.camera, ref.camera, atol=1e-2)
+
+
+def test_jaw_weight_zero_ignores_the_jawline(ict_model):
+    track = F.synthetic_track(ict_model, 10, seed=9, max_yaw_deg=20, noise_px=0.3, occluded_per_frame=0)
+    corrupted = track.landmarks_px.copy()
+    corrupted[:, :17] += 15.0  # a jawline detector gone wrong
+    config = F.FitConfig(jaw_weight=0.0)
+    clean_fit = F.fit_video(ict_model, track.landmarks_px, config=config)
+    corrupted_fit = F.fit_video(ict_model, corrupted, config=config)
+    np.testing.assert_allclose(corrupted_fit.identity, clean_fit.identity, atol=1e-6)
+    np.testing.assert_allclose(corrupted_fit.camera, clean_fit.camera, atol=1e-6)
+    assert np.linalg.norm(corrupted_fit.residuals_px[:, :17], axis=-1).mean() > 10.0
