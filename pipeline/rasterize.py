@@ -35,6 +35,7 @@ differ on exact ties only.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -215,6 +216,49 @@ def _box_class_index(n: torch.Tensor) -> torch.Tensor:
     return torch.where(n <= 4, n.long() - 1, exponent + 1)
 
 
+# Groups whose triangles would add at most this many padded candidates by moving to the square class of
+# their longer side are merged into it: fewer, larger groups cost fewer kernel launches (batch 1).
+_MERGE_MAX_EXTRA_CANDIDATES = 16384
+
+
+def _merge_sparse_groups(
+    group: torch.Tensor, group_sizes: list[int], classes: list[int]
+) -> tuple[torch.Tensor, list[int], set[int]]:
+    """Moves sparse (rows, cols) box classes to the square class (s, s) of their longer side.
+
+    group (T,) class ids rows_index * n + cols_index, group_sizes their counts -> the remapped ids and
+    counts, and the set of groups whose members' boxes may be smaller than the class (those need masks).
+    """
+    n_cls = len(classes)
+    remap = list(range(n_cls * n_cls))
+    for g, count in enumerate(group_sizes):
+        r, c = divmod(g, n_cls)
+        m = max(r, c)
+        extra = count * (classes[m] ** 2 - classes[r] * classes[c])
+        if 0 < count and r != c and extra <= _MERGE_MAX_EXTRA_CANDIDATES:
+            remap[g] = m * n_cls + m
+    sizes = [0] * (n_cls * n_cls)
+    for g, count in enumerate(group_sizes):
+        sizes[remap[g]] += count
+    # Classes up to 4 centres are exact (their members' boxes have exactly that size) unless merged into.
+    padded = {g for g in range(n_cls * n_cls) if max(classes[g // n_cls], classes[g % n_cls]) > 4}
+    padded |= {remap[g] for g in range(n_cls * n_cls) if remap[g] != g and group_sizes[g]}
+    if remap != list(range(n_cls * n_cls)):
+        group = torch.tensor(remap, device=group.device).index_select(0, group)
+    return group, sizes, padded
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(
+    rows: int, cols: int, width: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """Column offsets (cols, 1), row offsets (rows, 1) and pixel offsets (rows * cols,) of a box grid."""
+    col = torch.arange(cols, device=device, dtype=dtype)[:, None]
+    row = torch.arange(rows, device=device, dtype=dtype)[:, None]
+    offsets = (row.long() * width + col.long().t()).reshape(-1)
+    return col, row, offsets
+
+
 def _rasterize_torch(
     verts_px: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], config: RasterizeConfig
 ) -> Fragments:
@@ -280,9 +324,10 @@ def _rasterize_frames(
     group = _box_class_index(box[3].index_select(0, tri)) * n_cls + _box_class_index(
         box[2].index_select(0, tri)
     )
+    group_sizes = torch.bincount(group, minlength=n_cls * n_cls).tolist()
+    group, group_sizes, padded = _merge_sparse_groups(group, group_sizes, classes)
     # A stable sort keeps each group in triangle order, so the gathers below read memory in order.
     tri = tri.index_select(0, torch.argsort(group.to(torch.int16), stable=True))
-    group_sizes = torch.bincount(group, minlength=n_cls * n_cls).tolist()
     x_lo, y_lo, n_x, n_y = (b.index_select(0, tri) for b in box)
     face = tri % n_faces
     # Corners of the sorted triangles, gathered from the vertices: (3 corners, T) each.
@@ -304,21 +349,18 @@ def _rasterize_frames(
             continue
         rows, cols = classes[g // n_cls], classes[g % n_cls]
         run = slice(start, start + count)
-        col = torch.arange(cols, device=device, dtype=dtype)[:, None]
-        row = torch.arange(rows, device=device, dtype=dtype)[:, None]
+        col, row, offsets = _grid(rows, cols, width, device, dtype)
         # w_k at centre (r, c) of the box is u_k(c) - v_k(r): the canonical edge function, factored so
         # that the grid costs one subtraction; centres past the box get -inf so they are never inside.
         u = (x_lo[run] + col - setup.ax[:, None, run]) * setup.dy[:, None, run]  # (3, cols, n)
         v = (y_lo[run] + row - setup.ay[:, None, run]) * setup.dx[:, None, run]  # (3, rows, n)
-        if cols > 1:
+        if g in padded:
             u.masked_fill_(col >= n_x[run], float("-inf"))
-        if rows > 1:
             v.masked_fill_(row >= n_y[run], float("inf"))
         w = (u[:, None] - v[:, :, None]).view(3, -1)  # (3, rows * cols * n)
         inside = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) >= 0).nonzero().squeeze(1)
         cell = inside // count  # r * cols + c
         local = inside - cell * count + start
-        offsets = (row.long() * width + col.long().t()).view(-1)  # (rows * cols,) pixel offset of a cell
         pixels.append(base.index_select(0, local) + offsets.index_select(0, cell))
         members.append(local)
         weights.append(torch.stack([w[k].index_select(0, inside) for k in range(3)]))
