@@ -71,7 +71,8 @@ class Fragments(NamedTuple):
     pix_to_face (B, H, W) int64: index into ``faces`` of the visible triangle, -1 where empty.
     zbuf (B, H, W) float (dtype of the vertices): depth in pixels of the visible surface, -inf where empty.
     bary_coords (B, H, W, 3) float: weights of the triangle's vertices ``faces[f, 0..2]`` at the pixel
-        centre (they sum to 1), -1 where empty; None when ``RasterizeConfig.barycentrics`` is False.
+        centre (they sum to 1), -1 where empty; None when ``RasterizeConfig.barycentrics`` is False. The
+        torch backend returns a permuted view of a (3, B, H, W) buffer: use ``.reshape``, not ``.view``.
     """
 
     pix_to_face: torch.Tensor
