@@ -453,10 +453,15 @@ def rasterize_pytorch3d(
     depth_top = torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).amax(-1, keepdim=True)
     xy_ndc = image_to_ndc(verts_px[..., :2], (height, width))
     verts_ndc = torch.cat([xy_ndc, (depth_top - depth + 1.0)[..., None]], -1).float()
-    if cull_backfaces:
-        # Our orientation test (see _triangle_setup), then per-frame face lists; ids map back below.
+    finite = bool(torch.isfinite(verts_px).all())
+    if cull_backfaces or not finite:
+        # Our orientation test (see _triangle_setup) and finiteness, then per-frame face lists; the
+        # kept faces' ids map PyTorch3D's packed face indices back below.
         corners = _gather_corners(verts_px, faces)
-        keep = _signed_area2(corners[0].unbind(1), corners[1].unbind(1), faces.t()) > 0  # (B, F)
+        keep = torch.isfinite(corners).all(0).all(1)  # (B, F)
+        if cull_backfaces:
+            keep &= _signed_area2(corners[0].unbind(1), corners[1].unbind(1), faces.t()) > 0
+        verts_ndc = torch.nan_to_num(verts_ndc, nan=0.0, posinf=0.0, neginf=0.0)
         face_lists = [faces[k] for k in keep]
         face_ids = torch.cat([k.nonzero().squeeze(1) for k in keep])
     else:
