@@ -213,3 +213,24 @@ def test_stage_configs_load_from_overrides():
         load_config(LandmarkConfig, None, ["backend=mediapipe"])
     with pytest.raises(ConfigError, match="crop_sise"):
         load_config(FaceTrackConfig, None, ["crop_sise=128"])
+
+
+def test_dump_writes_the_part_b_format_and_records_rejections(tmp_path, shared_videos):
+    """benchmarks/track_landmarks.py --dump: one npz per accepted clip, reasons for the others, DONE last."""
+    import json
+
+    from benchmarks.track_landmarks import dump_landmarks
+    from tests.pipeline.test_decode import write_video
+
+    clip = shared_videos / "liveportrait_d0.mp4"
+    short = write_video(tmp_path / "short.mp4", np.zeros((2, 64, 64, 3), np.uint8))
+    out = tmp_path / "out"
+    summary = dump_landmarks([clip, short], out, DecodeConfig(max_frames=20))
+    assert summary["short"]["rejected"] == "too_short" and summary["liveportrait_d0"]["frames"] == 20
+    assert json.loads((out / "summary.json").read_text()) == summary and (out / "DONE").exists()
+    data = np.load(out / "liveportrait_d0.npz")
+    assert data["landmarks_px"].shape == (20, 68, 2) and data["landmarks_px"].dtype == np.float32
+    assert data["frame_index"].tolist() == list(range(20))
+    assert int(data["crop_size"]) == 256 and float(data["fps"]) == 25.0
+    assert data["crop_center_px"].shape == (20, 2) and data["frame_hw"].tolist() == [512, 512]
+    assert sorted(p.name for p in out.iterdir()) == ["DONE", "liveportrait_d0.npz", "summary.json"]
