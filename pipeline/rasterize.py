@@ -337,10 +337,9 @@ def _rasterize_frames(
     # contiguous corners tensor; tri runs in increasing order within a group, so these reads stream.
     n_all = corners.shape[1]
     offset = (tri // n_faces + first) * (3 * n_faces) + face
-    x, y, z = (
-        torch.stack([corners.take(offset + (c * n_all * 3 + k) * n_faces) for k in range(3)])
-        for c in range(3)
-    )
+    plane = torch.arange(9, device=device)  # c * 3 + k
+    plane = ((plane // 3) * n_all * 3 + plane % 3) * n_faces
+    x, y, z = corners.take(offset[None] + plane[:, None]).view(3, 3, -1)
     setup = _triangle_setup(x, y, ids)
     base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     pixels, members, weights = [], [], []
