@@ -196,3 +196,16 @@ def write_nmfc_png(uri: str, image: torch.Tensor | np.ndarray) -> None:
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"an NMFC image is (H, W, 3), got {array.shape}")
     storage.write_bytes(uri, encode_png(array))
+
+
+def write_nmfc_sequence(directory_uri: str, images: torch.Tensor | np.ndarray) -> list[str]:
+    """Writes NMFC frames (T, H, W, 3) as ``directory_uri/nmfc_00000.png``, ... for inspection.
+
+    Returns the written URIs in frame order.
+    """
+    uris = []
+    for t, image in enumerate(images):
+        uri = storage.join(directory_uri, f"nmfc_{t:05d}.png")
+        write_nmfc_png(uri, image)
+        uris.append(uri)
+    return uris

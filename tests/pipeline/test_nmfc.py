@@ -17,6 +17,7 @@ from pipeline.nmfc import (
     nmfc_to_uint8,
     triangle_colors,
     write_nmfc_png,
+    write_nmfc_sequence,
 )
 from pipeline.rasterize import rasterize
 from pipeline.schema import decode_image
@@ -239,3 +240,11 @@ def test_config_override_keeps_nmfc_rasterizer_defaults():
     config = from_dict(NmfcConfig, {"rasterize": {"backend": "torch"}})
     assert config.rasterize.backend == "torch"
     assert config.rasterize.cull_backfaces and not config.rasterize.barycentrics
+
+
+def test_write_sequence(tmp_path):
+    images = torch.rand(3, 8, 10, 3)
+    uris = write_nmfc_sequence(str(tmp_path / "seq"), images)
+    assert [p.rsplit("/", 1)[-1] for p in uris] == ["nmfc_00000.png", "nmfc_00001.png", "nmfc_00002.png"]
+    for uri, image in zip(uris, images):
+        np.testing.assert_array_equal(decode_image(open(uri, "rb").read()), nmfc_to_uint8(image))
