@@ -89,10 +89,12 @@ def encode_nmfc(pix_to_face: torch.Tensor, colors: torch.Tensor) -> NmfcImages:
 
     pix_to_face (B, H, W) int64, -1 where empty; colors (F, 3) float32 per-triangle NMFC colours.
     """
-    mask = pix_to_face >= 0
-    colors = colors.to(pix_to_face.device)
-    image = colors.index_select(0, pix_to_face.clamp(min=0).reshape(-1)).view(*pix_to_face.shape, 3)
-    return NmfcImages(image * mask[..., None], mask, pix_to_face)
+    # Row 0 of the table is the background colour, so face f is row f + 1 and -1 lands on row 0.
+    table = torch.cat([torch.zeros(1, 3, dtype=colors.dtype, device=colors.device), colors]).to(
+        pix_to_face.device
+    )
+    image = torch.nn.functional.embedding(pix_to_face + 1, table)  # a row gather, faster than index_select
+    return NmfcImages(image, pix_to_face >= 0, pix_to_face)
 
 
 def mouth_boxes(landmarks_px: torch.Tensor, box_px: int, image_size: tuple[int, int]) -> torch.Tensor:
