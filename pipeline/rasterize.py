@@ -388,8 +388,9 @@ def _rasterize_frames(
     if dtype == torch.float32:
         # One pass: float32 depth bits made order-preserving as int32, packed above (F - 1 - face) so
         # amax picks the largest depth and then the lowest face.
-        bits = depth.view(torch.int32).long()
-        key = (torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) << 32) | (n_faces - 1 - face)
+        bits = depth.view(torch.int32)
+        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
+        key = (bits.long() << 32) | (n_faces - 1 - face)
         best = torch.full((n_pixels,), _INT64_MIN, dtype=torch.int64, device=device)
         best.scatter_reduce_(0, pixel, key, "amax")
         winner = (key == best.index_select(0, pixel)).nonzero().squeeze(1)
