@@ -14,7 +14,9 @@ known parameters, yaw up to 45 degrees, 0.5 px noise, 3 occluded points per fram
    ``--reference-frames`` frames of that problem (the generic solver is far too slow for 1000 frames on a
    shared machine): frames/s of both and the relative energy gap (fast - reference) / reference.
 
-The last stdout line is one JSON object.
+Wall-clock frames/s and frames per CPU-second of this (single-threaded) process are both reported: on
+a machine shared with other jobs the latter is the fairer per-core figure. The last stdout line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ from pipeline.fit_reference_lsq import fit_shape_bounded_lsq
 from pipeline.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
 
 
-def landmark_track(frames: int, landmarks: str | None, model) -> np.ndarray:
-    """(frames, 68, 2) landmarks: synthetic, or a real clip looped forwards/backwards to the length."""
+def landmark_track(frames: int, landmarks: str | None, model) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks (frames, 68, 2) and weights (frames, 68): synthetic (occluded points weighted 0), or a
+    real clip looped forwards/backwards to the length (all weights 1)."""
     if landmarks is None:
-        return synthetic_track(model, frames, seed=0, max_yaw_deg=45.0, noise_px=0.5).landmarks_px
+        track = synthetic_track(model, frames, seed=0, max_yaw_deg=45.0, noise_px=0.5)
+        return track.landmarks_px, track.weights
     with np.load(landmarks) as data:
         clip = data["landmarks_px"].astype(np.float64)
     loop = np.concatenate([clip, clip[::-1]])
-    return np.concatenate([loop] * (frames // len(loop) + 1))[:frames]
+    track = np.concatenate([loop] * (frames // len(loop) + 1))[:frames]
+    return track, np.ones(track.shape[:2])
 
 
-def shape_problem_at(model, result, landmarks_px: np.ndarray, config: FitConfig, frames: slice):
+def shape_problem_at(model, result, landmarks_px, weights, config: FitConfig, frames: slice):
     """The linear shape problem with the fit's cameras and contour choice, for a range of frames."""
     basis = LandmarkBasis.from_model(model, config.jaw_contour)
     expression = result.expression[frames]
@@ -56,7 +61,7 @@ def shape_problem_at(model, result, landmarks_px: np.ndarray, config: FitConfig,
         choice,
         camera,
         landmarks_px[frames],
-        np.ones(landmarks_px[frames].shape[:2]),
+        weights[frames],
         result.iod_px,
         config,
         np.tile([-bound, bound], (model.n_identity, 1)),
@@ -65,8 +70,10 @@ def shape_problem_at(model, result, landmarks_px: np.ndarray, config: FitConfig,
 
 
 def timed(fn, *args):
-    start = time.perf_counter()
+    """fn(*args), wall seconds (CPU seconds of this process in ``timed.cpu_s`` afterwards)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = fn(*args)
+    timed.cpu_s = time.process_time() - start_cpu
     return out, time.perf_counter() - start
 
 
@@ -80,29 +87,34 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     model = load_morphable_model(args.model)
     config = FitConfig()
-    landmarks_px = landmark_track(args.frames, args.landmarks, model)
+    landmarks_px, weights = landmark_track(args.frames, args.landmarks, model)
     zeros_id = np.zeros(model.n_identity)
 
     with threadpool_limits(limits=1):
         # 1. The whole fit.
-        result, fit_s = timed(fit_video, model, landmarks_px, None, config)
+        result, fit_s = timed(fit_video, model, landmarks_px, weights, config)
+        fit_cpu_s = timed.cpu_s
         print(f"fit_video: {args.frames} frames in {fit_s:.2f} s, {result.iterations} rounds", flush=True)
 
         # 2. One structured shape solve on all frames (a fresh problem: its Gram blocks are timed too).
-        problem, build_s = timed(shape_problem_at, model, result, landmarks_px, config, slice(None))
+        problem, build_s = timed(shape_problem_at, model, result, landmarks_px, weights, config, slice(None))
         zeros_exp = np.zeros((args.frames, model.n_expression))
         (fast_id, fast_exp, fast_iters), fast_s = timed(
             fit_shape_admm_structured, problem, zeros_id, zeros_exp
         )
+        fast_cpu_s = timed.cpu_s
         tight = dataclasses.replace(StructuredSolverConfig(), tolerance=2e-6, max_iterations=5000)
         tight_id, tight_exp, tight_iters = fit_shape_admm_structured(problem, zeros_id, zeros_exp, tight)
         e_fast, e_tight = problem.energy(fast_id, fast_exp), problem.energy(tight_id, tight_exp)
         print(f"structured: {args.frames} frames in {fast_s:.3f} s ({fast_iters} iterations)", flush=True)
 
         # 3. Reference vs structured on the first frames.
-        small = shape_problem_at(model, result, landmarks_px, config, slice(0, args.reference_frames))
+        small = shape_problem_at(
+            model, result, landmarks_px, weights, config, slice(0, args.reference_frames)
+        )
         zeros_small = np.zeros((args.reference_frames, model.n_expression))
         (ref_id, ref_exp, ref_iters), ref_s = timed(fit_shape_bounded_lsq, small, zeros_id, zeros_small)
+        ref_cpu_s = timed.cpu_s
         (sf_id, sf_exp, _), small_fast_s = timed(fit_shape_admm_structured, small, zeros_id, zeros_small)
         e_ref, e_small_fast = small.energy(ref_id, ref_exp), small.energy(sf_id, sf_exp)
         print(
@@ -115,15 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
         "frames": args.frames,
         "threads": 1,
         "fit_video_frames_per_s": args.frames / fit_s,
+        "fit_video_frames_per_cpu_s": args.frames / fit_cpu_s,
         "fit_video_rounds": result.iterations,
-        "fit_mean_error_pct_iod": float(100 * result.mean_error_iod().mean()),
+        "fit_mean_error_pct_iod": float(100 * result.mean_error_iod(weights).mean()),
         "shape_problem_build_s": build_s,
         "structured_frames_per_s": args.frames / fast_s,
+        "structured_frames_per_cpu_s": args.frames / fast_cpu_s,
         "structured_iterations": fast_iters,
         "structured_gap_vs_tight": (e_fast - e_tight) / e_tight,
         "tight_iterations": tight_iters,
         "reference_frames": args.reference_frames,
         "reference_frames_per_s": args.reference_frames / ref_s,
+        "reference_frames_per_cpu_s": args.reference_frames / ref_cpu_s,
         "reference_iterations": ref_iters,
         "structured_frames_per_s_on_reference_problem": args.reference_frames / small_fast_s,
         "energy_reference": e_ref,
