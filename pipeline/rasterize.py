@@ -207,6 +207,13 @@ def _box_classes(max_size: int) -> list[int]:
     return classes
 
 
+@functools.lru_cache(maxsize=16)
+def _box_class_table(max_size: int, device: torch.device) -> torch.Tensor:
+    """(max_size + 1,) int64: entry n is ``_box_class_index`` of n (entry 0 unused)."""
+    sizes = torch.arange(max_size + 1, dtype=torch.float64).clamp(min=1)
+    return _box_class_index(sizes).to(device)
+
+
 def _box_class_index(n: torch.Tensor) -> torch.Tensor:
     """Index into ``_box_classes`` of the smallest class >= n, for n >= 1 centres (float tensor).
 
@@ -322,8 +329,9 @@ def _rasterize_frames(
     n_cls = len(classes)
     tri = usable.reshape(-1).nonzero().squeeze(1)
     box = [b.reshape(-1) for b in box]
-    group = _box_class_index(box[3].index_select(0, tri)) * n_cls + _box_class_index(
-        box[2].index_select(0, tri)
+    class_of = _box_class_table(max(height, width), device)  # box size in centres -> class index
+    group = class_of.index_select(0, box[3].index_select(0, tri).long()) * n_cls + class_of.index_select(
+        0, box[2].index_select(0, tri).long()
     )
     group_sizes = torch.bincount(group, minlength=n_cls * n_cls).tolist()
     group, group_sizes, padded = _merge_sparse_groups(group, group_sizes, classes)

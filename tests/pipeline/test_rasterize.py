@@ -422,3 +422,13 @@ def test_pytorch3d_adapter_glue_against_a_stand_in(monkeypatch, cull, size):
     torch.testing.assert_close(theirs.zbuf[both], ours.zbuf[both], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(theirs.bary_coords[both], ours.bary_coords[both], rtol=1e-3, atol=1e-3)
     assert (theirs.zbuf[theirs.pix_to_face < 0] == float("-inf")).all()
+
+
+def test_box_classes_are_the_smallest_that_fit():
+    from pipeline.rasterize import _box_class_table, _box_classes
+
+    classes = _box_classes(300)
+    table = _box_class_table(300, torch.device("cpu"))
+    for n in range(1, 301):
+        k = int(table[n])
+        assert classes[k] >= n and (k == 0 or classes[k - 1] < n)
