@@ -600,15 +600,20 @@ def _frozen(x: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "LANDMARK_REGIONS",
+    "OUTER_EYE_CORNERS",
     "FitConfig",
     "FitResult",
-    "LANDMARK_REGIONS",
     "LandmarkBasis",
     "ShapeProblem",
+    "SyntheticTrack",
     "build_shape_problem",
     "estimate_camera_affine",
     "fit_video",
     "interocular_px",
+    "project_points",
     "refine_camera_gauss_newton",
     "second_difference",
+    "solve_shape",
+    "synthetic_track",
 ]
