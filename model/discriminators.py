@@ -174,11 +174,27 @@ def crop_regions(images: torch.Tensor, centers_px: torch.Tensor, crop_px: int) -
     return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
+def centers_from_boxes(boxes_px: torch.Tensor, crop_px: int) -> torch.Tensor:
+    """Crop centres that make ``crop_regions`` cut exactly the given boxes.
+
+    boxes_px (B, 4) int (x0, y0, x1, y1), x1 = x0 + crop_px exclusive (``pipeline.nmfc.mouth_boxes``)
+    -> (B, 2) float (x, y). Raises ValueError when a box side is not ``crop_px``.
+    """
+    sides = torch.cat([boxes_px[:, 2] - boxes_px[:, 0], boxes_px[:, 3] - boxes_px[:, 1]])
+    if not bool((sides == crop_px).all()):
+        raise ValueError(
+            f"mouth boxes have sides {sorted(set(sides.tolist()))} px but the mouth discriminator crops "
+            f"{crop_px} px: make nmfc.mouth_box_px and the mouth discriminator's crop_px equal"
+        )
+    return (boxes_px[:, :2] + crop_px // 2).float()
+
+
 class MouthDiscriminator(nn.Module):
     """D^M: multi-scale PatchGAN on fixed-size (frame, NMFC) crops around the mouth.
 
-    forward(frame (B, 3, H, W), nmfc (B, C_nmfc, H, W), mouth_centers_px (B, 2) (x, y))
-    -> list of ScaleOutput.
+    forward(frame (B, 3, H, W), nmfc (B, C_nmfc, H, W), mouth_px) -> list of ScaleOutput, where
+    mouth_px is either (B, 2) mouth centres (x, y) in pixels (``mouth_centers_from_landmarks``) or
+    (B, 4) boxes (x0, y0, x1, y1) of side ``crop_px`` as ``pipeline.nmfc.mouth_boxes`` stores them.
     """
 
     def __init__(self, cfg: MouthDiscriminatorConfig = MouthDiscriminatorConfig()):
@@ -186,10 +202,9 @@ class MouthDiscriminator(nn.Module):
         self.cfg = cfg
         self.patchgan = MultiscalePatchGAN(cfg.image_channels + cfg.nmfc_channels, cfg.patchgan)
 
-    def forward(
-        self, frame: torch.Tensor, nmfc: torch.Tensor, mouth_centers_px: torch.Tensor
-    ) -> list[ScaleOutput]:
-        crops = crop_regions(torch.cat([frame, nmfc], dim=1), mouth_centers_px, self.cfg.crop_px)
+    def forward(self, frame: torch.Tensor, nmfc: torch.Tensor, mouth_px: torch.Tensor) -> list[ScaleOutput]:
+        centers = centers_from_boxes(mouth_px, self.cfg.crop_px) if mouth_px.shape[-1] == 4 else mouth_px
+        crops = crop_regions(torch.cat([frame, nmfc], dim=1), centers, self.cfg.crop_px)
         return self.patchgan(crops)
 
 

@@ -11,6 +11,7 @@ from model.discriminators import (
     PatchGANConfig,
     TemporalDiscriminator,
     TemporalDiscriminatorConfig,
+    centers_from_boxes,
     crop_regions,
     flows_between,
     mouth_centers_from_landmarks,
@@ -71,6 +72,21 @@ def test_crop_regions_against_loop_and_clamps_at_borders():
     torch.testing.assert_close(crops[1], images[1, :, 12:20, 0:8])
     with pytest.raises(ValueError, match="crop_px"):
         crop_regions(images, centers, 21)
+
+
+def test_boxes_from_the_nmfc_stage_crop_exactly():
+    images = torch.rand(2, 3, 32, 32)
+    boxes = torch.tensor([[3, 5, 19, 21], [16, 16, 32, 32]], dtype=torch.int32)  # x0, y0, x1, y1
+    crops = crop_regions(images, centers_from_boxes(boxes, 16), 16)
+    torch.testing.assert_close(crops[0], images[0, :, 5:21, 3:19])
+    torch.testing.assert_close(crops[1], images[1, :, 16:32, 16:32])
+    d = MouthDiscriminator(MouthDiscriminatorConfig(SMALL_PATCH, crop_px=16))
+    nmfc = torch.rand(2, 3, 32, 32)
+    by_box = d(images, nmfc, boxes)
+    by_centre = d(images, nmfc, centers_from_boxes(boxes, 16))
+    torch.testing.assert_close(by_box[0].score, by_centre[0].score)
+    with pytest.raises(ValueError, match="crop_px"):
+        centers_from_boxes(boxes, 24)
 
 
 def test_mouth_centers_from_landmarks():
