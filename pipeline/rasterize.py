@@ -157,23 +157,29 @@ class _TriangleSetup(NamedTuple):
     dy: torch.Tensor
 
 
-def _triangle_setup(x, y, ids) -> _TriangleSetup:
+def _anchor_slots(faces: torch.Tensor) -> torch.Tensor:
+    """faces (F, 3) -> (F, 3) int64: for edge k (corner k+1 -> corner k+2), the corner slot holding the
+    endpoint with the lower vertex id (the anchor of ``_canonical_edge``)."""
+    i, j = faces[:, [1, 2, 0]], faces[:, [2, 0, 1]]
+    slot_i = torch.tensor([1, 2, 0], device=faces.device).expand_as(faces)
+    return torch.where(i < j, slot_i, (slot_i + 1) % 3)
+
+
+def _triangle_setup(x: torch.Tensor, y: torch.Tensor, anchors: torch.Tensor) -> _TriangleSetup:
     """Edge functions in the canonical, orientation-normalised form used by the torch backend.
 
-    x, y: 3 tensors (T,) of corner coordinates; ids: 3 integer tensors (T,) of corner vertex ids.
-    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of edge k (see
-    ``_canonical_edge``) times the triangle's orientation, so it is positive inside every triangle, and
-    the two triangles sharing an edge (same anchor, opposite directions) see bitwise opposite values.
+    x, y (3 corners, T) corner coordinates; anchors (3 edges, T) the corner slot of each edge's anchor
+    (``_anchor_slots``). ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of
+    edge k (see ``_canonical_edge``, which this computes with the same values) times the triangle's
+    orientation, so it is positive inside every triangle, and the two triangles sharing an edge (same
+    anchor, opposite directions) see bitwise opposite values.
     """
-    edges = [_canonical_edge(k, x, y, ids) for k in range(3)]
-    ax, ay, dx, dy = edges[0]
-    orientation = torch.where((x[0] - ax) * dy - (y[0] - ay) * dx < 0, -1.0, 1.0).to(x[0].dtype)
-    return _TriangleSetup(
-        torch.stack([e[0] for e in edges]),
-        torch.stack([e[1] for e in edges]),
-        torch.stack([e[2] for e in edges]) * orientation,
-        torch.stack([e[3] for e in edges]) * orientation,
-    )
+    ax, ay = x.gather(0, anchors), y.gather(0, anchors)
+    dx = torch.roll(x, -2, 0) - torch.roll(x, -1, 0)  # edge k: corner k+2 - corner k+1
+    dy = torch.roll(y, -2, 0) - torch.roll(y, -1, 0)
+    area2 = (x[0] - ax[0]) * dy[0] - (y[0] - ay[0]) * dx[0]
+    orientation = torch.where(area2 < 0, -1.0, 1.0).to(x.dtype)
+    return _TriangleSetup(ax, ay, dx * orientation, dy * orientation)
 
 
 def _include_edge(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -340,7 +346,7 @@ def _rasterize_frames(
     x_lo, y_lo, n_x, n_y = (b.index_select(0, tri) for b in box)
     face = tri % n_faces
     # Corners of the sorted triangles, gathered from the vertices: (3 corners, T) each.
-    ids = faces.index_select(0, face).t()  # (3, T)
+    anchors = _anchor_slots(faces).index_select(0, face).t().contiguous()  # (3, T)
     # Corner (c, k) of triangle b * F + f sits at ((c * B_all + first + b) * 3 + k) * F + f in the
     # contiguous corners tensor; tri runs in increasing order within a group, so these reads stream.
     n_all = corners.shape[1]
@@ -348,7 +354,7 @@ def _rasterize_frames(
     plane = torch.arange(9, device=device)  # c * 3 + k
     plane = ((plane // 3) * n_all * 3 + plane % 3) * n_faces
     x, y, z = corners.take(offset[None] + plane[:, None]).view(3, 3, -1)
-    setup = _triangle_setup(x, y, ids)
+    setup = _triangle_setup(x, y, anchors)
     base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     pixels, members, weights = [], [], []
     start = 0
