@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     jitter_ratio = [
         c["jitter"]["expression"] / max(c["jitter_w_smooth_0"]["expression"], 1e-12) for c in clips.values()
     ]
+    angle_ratio = [
+        c["jitter"]["angles_deg"] / max(c["jitter_w_smooth_0"]["angles_deg"], 1e-12) for c in clips.values()
+    ]
     summary = {
         "benchmark": "fit_quality",
         "config": dataclasses.asdict(config.fit),
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         "max_error_increase_from_smoothing": float(max(rough_ratio) - 1.0),
         "mean_expression_jitter_ratio": float(np.mean(jitter_ratio)),
         "max_expression_jitter_ratio": float(np.max(jitter_ratio)),
+        "mean_angle_jitter_ratio": float(np.mean(angle_ratio)),
+        "max_angle_jitter_ratio": float(np.max(angle_ratio)),
         "identity_consistent_clips": int(sum(c["consistent"] for c in consistency.values())),
         "per_clip": clips,
     }

@@ -8,7 +8,9 @@
   ``E_l = 1/T sum_t sum_k v_tk |x_tk(id, exp_t, cam_t) - l_tk|^2 / d^2`` with visibility ``v_tk`` in [0, 1].
 - ``E_pr``: quadratic prior ``w_id |id|^2 + w_exp 1/T sum_t |exp_t|^2`` (identity at unit variance, ICT
   blendshape weights towards neutral).
-- ``E_sm``: ``1/T sum_t |exp_{t-1} - 2 exp_t + exp_{t+1}|^2``, second temporal differences.
+- ``E_sm``: ``1/T sum_t |exp_{t-1} - 2 exp_t + exp_{t+1}|^2``, second temporal differences; extended
+  here (``pose_smooth_scale``, 0 = the paper's per-frame cameras) by the same term on the unitless pose
+  ``q = (pitch, yaw, roll, tx / d, ty / d, log scale)``, which the camera step then solves for jointly.
 
 Every term is a per-frame average, so the weights do not depend on the video's length and the identity
 prior acts like one frame's worth of evidence per frame (identity estimates from halves of a clip are
@@ -34,7 +36,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from scipy.sparse.linalg import spsolve
 from threadpoolctl import threadpool_limits
 
 from model.camera import CAMERA_DIM, PITCH, ROLL, SCALE, TX, TY, euler_to_matrix, matrix_to_euler
@@ -63,7 +67,10 @@ class FitConfig:
     # with identity RMS 0.7-1.05 std (plausible for N(0, I) coefficients); 2e-4 gave 1.5-2.1%.
     w_identity: float = 1e-4  # prior on identity coefficients (unit variance)
     w_expression: float = 1e-3  # prior on blendshape weights
-    w_smooth: float = 5e-3  # second temporal differences of expression
+    w_smooth: float = 5e-3  # second temporal differences of expression (and of pose, scaled below)
+    # Weight of the pose's second differences (radians, translation / d, log scale) relative to the
+    # expression's inside E_sm; 0 leaves the cameras per frame as in the paper's Eq. (2).
+    pose_smooth_scale: float = 300.0  # on the shared clips: pose jitter /3-4, landmark error +0.5%
     identity_bound_std: float = 3.0  # box |id_k| <= this many standard deviations
     iterations: int = 10  # camera <-> shape alternations (error still drops ~0.1% IOD from 6 to 10)
     camera_gauss_newton_steps: int = 4
@@ -283,6 +290,89 @@ def refine_camera_gauss_newton(
     return _rotation_to_camera(rotation, txy, scale)
 
 
+def _pose_params(camera: np.ndarray, iod_px: float) -> np.ndarray:
+    """camera (T, 7) -> q (T, 6) = (pitch, yaw, roll, tx / d, ty / d, log scale): unitless pose."""
+    return np.concatenate(
+        [camera[:, PITCH : ROLL + 1], camera[:, [TX, TY]] / iod_px, np.log(camera[:, SCALE, None])], 1
+    )
+
+
+def _camera_from_pose(q: np.ndarray, iod_px: float) -> np.ndarray:
+    camera = np.zeros((len(q), CAMERA_DIM))
+    camera[:, PITCH : ROLL + 1] = q[:, :3]
+    camera[:, [TX, TY]] = q[:, 3:5] * iod_px
+    camera[:, SCALE] = np.exp(q[:, 5])
+    return camera
+
+
+def smooth_cameras_gauss_newton(
+    camera: np.ndarray,
+    points: np.ndarray,
+    landmarks_px: np.ndarray,
+    weights: np.ndarray,
+    iod_px: float,
+    w_pose: float,
+    steps: int,
+) -> np.ndarray:
+    """Cameras of all frames jointly under the pose part of Eq. (2)'s E_sm (cameras per frame otherwise).
+
+    Minimises 1/T sum_t [sum_k w_tk |x_tk - l_tk|^2 / d^2 + w_pose |q_{t-1} - 2 q_t + q_{t+1}|^2] over
+    q = (pitch, yaw, roll, tx / d, ty / d, log scale) by Gauss-Newton (forward-difference Jacobians, a
+    block-pentadiagonal sparse normal system) with step halving. camera (T, 7), points (T, K, 3),
+    landmarks_px (T, K, 2), weights (T, K) -> camera (T, 7).
+    """
+    n_frames = len(camera)
+    if n_frames < 3 or w_pose <= 0:
+        return camera
+    sqrt_w = np.sqrt(weights / (n_frames * iod_px**2))[..., None]  # (T, K, 1)
+    d2 = sp.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(n_frames - 2, n_frames))
+    smooth = (w_pose / n_frames) * sp.kron(d2.T @ d2, sp.identity(6)).tocsr()
+
+    def residual(q):
+        return ((project_points(points, _camera_from_pose(q, iod_px)) - landmarks_px) * sqrt_w).reshape(
+            n_frames, -1
+        )
+
+    def energy(q, r):
+        return float(np.sum(r**2) + q.reshape(-1) @ (smooth @ q.reshape(-1)))
+
+    q = _pose_params(camera, iod_px)
+    r = residual(q)
+    cost = energy(q, r)
+    rows = np.arange(n_frames * 6).reshape(n_frames, 6)
+    block_rows = np.repeat(rows, 6, axis=1).reshape(-1)
+    block_cols = np.tile(rows, (1, 6)).reshape(-1)
+    eps = 1e-6
+    for _ in range(steps):
+        jac = np.empty(r.shape + (6,))
+        for i in range(6):
+            dq = q.copy()
+            dq[:, i] += eps
+            jac[..., i] = (residual(dq) - r) / eps
+        blocks = np.matmul(jac.transpose(0, 2, 1), jac)  # (T, 6, 6)
+        normal = sp.csr_matrix((blocks.reshape(-1), (block_rows, block_cols)), shape=smooth.shape) + smooth
+        grad = np.matmul(jac.transpose(0, 2, 1), r[..., None]).reshape(-1) + smooth @ q.reshape(-1)
+        step = -spsolve((normal + 1e-12 * sp.identity(normal.shape[0])).tocsc(), grad).reshape(n_frames, 6)
+        for _halving in range(6):
+            new_q = q + step
+            new_r = residual(new_q)
+            new_cost = energy(new_q, new_r)
+            if new_cost < cost:
+                q, r, cost = new_q, new_r, new_cost
+                break
+            step = 0.5 * step
+        else:
+            break
+    return _camera_from_pose(q, iod_px)
+
+
+def pose_smoothness(camera: np.ndarray, iod_px: float) -> float:
+    """sum_t |q_{t-1} - 2 q_t + q_{t+1}|^2 of the unitless pose q (see smooth_cameras_gauss_newton)."""
+    if len(camera) < 3:
+        return 0.0
+    return float(np.sum(second_difference(_pose_params(camera, iod_px)) ** 2))
+
+
 def _rodrigues(w: np.ndarray) -> np.ndarray:
     """Rotation vectors (T, 3) -> rotation matrices (T, 3, 3)."""
     theta = np.linalg.norm(w, axis=-1)[:, None, None]
@@ -471,12 +561,22 @@ def _fit_video(
     candidates = basis.candidate_points(identity, expression)
     camera = estimate_camera_affine(candidates[:, :, 0], landmarks_px, weights)
     previous, converged, solver_iterations, rounds = np.inf, False, 0, 0
+    w_pose = config.w_smooth * config.pose_smooth_scale
     for rounds in range(1, config.iterations + 1):  # noqa: B007 (rounds is reported)
         # Camera step (shape fixed), then the contour choice under the new pose.
         choice = basis.choose(candidates, camera)
         points = candidates[np.arange(n_frames)[:, None], np.arange(N_LANDMARKS)[None], choice]
         camera = refine_camera_gauss_newton(
             camera, points, landmarks_px, weights, config.camera_gauss_newton_steps
+        )
+        camera = smooth_cameras_gauss_newton(
+            camera,
+            points,
+            landmarks_px,
+            weights * config.w_landmark,
+            iod,
+            w_pose,
+            config.camera_gauss_newton_steps,
         )
         choice = basis.choose(candidates, camera)
         # Shape step (cameras fixed): bounded linear least squares.
@@ -486,13 +586,14 @@ def _fit_video(
         identity, expression, its = solve_shape(problem, identity, expression, config.solver)
         solver_iterations += its
         candidates = basis.candidate_points(identity, expression)
-        energy = problem.energy(identity, expression)
+        energy = problem.energy(identity, expression) + w_pose / n_frames * pose_smoothness(camera, iod)
         if previous - energy <= config.tolerance * energy:
             converged = True
             break
         previous = energy
 
     terms = problem.energy_terms(identity, expression)
+    terms["smooth"] += w_pose / n_frames * pose_smoothness(camera, iod)
     points = candidates[np.arange(n_frames)[:, None], np.arange(N_LANDMARKS)[None], choice]
     residuals = project_points(points, camera) - landmarks_px
     result = FitResult(

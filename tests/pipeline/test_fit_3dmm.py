@@ -133,7 +133,28 @@ def test_smoothness_lowers_jitter(ict_model):
     rough = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(w_smooth=0.0))
     jitter = [np.abs(F.second_difference(r.expression)).mean() for r in (smooth, rough)]
     assert jitter[0] < 0.6 * jitter[1], jitter
+    # The pose part of E_sm: smoother angles, and closer to the (smooth) true ones.
+    angle_jitter = [
+        np.abs(F.second_difference(r.camera[:, PITCH : ROLL + 1])).mean() for r in (smooth, rough)
+    ]
+    assert angle_jitter[0] < 0.5 * angle_jitter[1], angle_jitter
+    angle_error = [
+        np.abs(r.camera[:, PITCH : ROLL + 1] - track.camera[:, PITCH : ROLL + 1]).mean()
+        for r in (smooth, rough)
+    ]
+    assert angle_error[0] < angle_error[1], angle_error
     assert rough.energy_smooth == 0.0 and smooth.energy_smooth > 0.0
+
+
+def test_pose_smoothing_is_optional(ict_model):
+    track = F.synthetic_track(ict_model, 20, seed=10, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
+    per_frame = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(pose_smooth_scale=0.0))
+    joint = F.fit_video(ict_model, track.landmarks_px)
+    jitter = [np.abs(F.second_difference(r.camera[:, [PITCH, YAW, ROLL]])).mean() for r in (joint, per_frame)]
+    assert jitter[0] < 0.7 * jitter[1], jitter
+    # Smoothing the pose costs little landmark accuracy.
+    errors = [r.mean_error_iod().mean() for r in (joint, per_frame)]
+    assert errors[0] < 1.1 * errors[1], errors
 
 
 def test_fit_video_bad_inputs(ict_model):
