@@ -373,9 +373,8 @@ def _rasterize_frames(
             v.masked_fill_(row >= n_y[run], float("inf"))
         w = (u[:, None] - v[:, :, None]).view(3, -1)  # (3, rows * cols * n)
         inside = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) >= 0).nonzero().squeeze(1)
-        cell = inside // count  # r * cols + c
-        local = inside - cell * count + start
-        pixels.append(base.index_select(0, local) + offsets.index_select(0, cell))
+        local = inside % count + start  # inside = (r * cols + c) * n + (local - start)
+        pixels.append(base.index_select(0, local) + offsets.index_select(0, inside // count))
         members.append(local)
         weights.append(torch.stack([w[k].index_select(0, inside) for k in range(3)]))
         start += count
