@@ -393,7 +393,7 @@ def _rasterize_frames(
         pixel, member, w = pixel.index_select(0, keep), member.index_select(0, keep), w.index_select(1, keep)
     face = face.index_select(0, member)
     # Barycentric depth (same expression as the reference); +0.0 turns -0.0 into +0.0 for the keys.
-    z0, z1, z2 = (z[k].index_select(0, member) for k in range(3))
+    z0, z1, z2 = z.gather(1, member.expand(3, -1))
     w_sum = w[0] + w[1] + w[2]
     depth = (w[0] * z0 + w[1] * z1 + w[2] * z2) / w_sum + 0.0
     pix_to_face = torch.full((n_pixels,), -1, dtype=torch.int64, device=device)
