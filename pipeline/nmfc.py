@@ -55,7 +55,7 @@ class NmfcConfig:
     """
 
     image_size: tuple[int, int] = (256, 256)
-    mouth_box_px: int = 64
+    mouth_box_px: int = 72  # Head2Head's mouth ROI at 256 px; equals the mouth discriminator's crop_px
     batch_frames: int = 32
     rasterize: NmfcRasterizeConfig = field(default_factory=NmfcRasterizeConfig)
 
