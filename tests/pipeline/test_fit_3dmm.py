@@ -197,3 +197,12 @@ def test_jaw_weight_zero_ignores_the_jawline(ict_model):
     np.testing.assert_allclose(corrupted_fit.identity, clean_fit.identity, atol=1e-6)
     np.testing.assert_allclose(corrupted_fit.camera, clean_fit.camera, atol=1e-6)
     assert np.linalg.norm(corrupted_fit.residuals_px[:, :17], axis=-1).mean() > 10.0
+
+
+@pytest.mark.parametrize("n_frames", [1, 2])
+def test_fit_video_single_image_and_two_frames(ict_model, n_frames):
+    # No temporal terms exist below 3 frames; a still photo (T = 1) still gets a full fit.
+    track = F.synthetic_track(ict_model, n_frames, seed=11, max_yaw_deg=30, noise_px=0.5)
+    result = F.fit_video(ict_model, track.landmarks_px, track.weights, F.FitConfig(iterations=4))
+    assert result.expression.shape == (n_frames, 53) and result.energy_smooth == 0.0
+    assert result.mean_error_iod(track.weights).mean() < 0.03
