@@ -32,10 +32,10 @@ class JobConfig:
 def test_defaults_and_yaml_with_overrides(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("crop:\n  size: 128\nfit:\n  solver: reference\n")
-    cfg = load_config(JobConfig, str(path), ["fit.w_smooth=2", "crop.margin=0.5", "fit.bounds=[-1, 2]"])
+    cfg = load_config(JobConfig, str(path), ["fit.w_smooth=1e-4", "crop.margin=0.5", "fit.bounds=[-1, 2]"])
     assert cfg.crop == CropConfig(size=128, margin=0.5)
     assert cfg.fit.solver == "reference"
-    assert cfg.fit.w_smooth == 2.0 and isinstance(cfg.fit.w_smooth, float)
+    assert cfg.fit.w_smooth == 1e-4 and isinstance(cfg.fit.w_smooth, float)
     assert cfg.fit.bounds == (-1.0, 2.0)
     assert cfg.extensions == (".mp4",)
 
@@ -51,6 +51,7 @@ def test_unknown_key_is_rejected_with_its_name():
     ("data", "key"),
     [
         ({"crop": {"size": "big"}}, "crop.size"),
+        ({"fit": {"w_smooth": "fast"}}, "fit.w_smooth"),
         ({"crop": {"size": 2.5}}, "crop.size"),
         ({"crop": {"size": True}}, "crop.size"),
         ({"fit": {"solver": "newton"}}, "fit.solver"),
