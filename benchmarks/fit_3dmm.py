@@ -31,9 +31,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from model.morphable_model import load_morphable_model
-from pipeline.fit_3dmm import FitConfig, LandmarkBasis, build_shape_problem, fit_video, synthetic_track
+from pipeline.fit_3dmm import FitConfig, LandmarkBasis, build_shape_problem, fit_video
 from pipeline.fit_reference_lsq import fit_shape_bounded_lsq
 from pipeline.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
+from pipeline.synthetic_landmarks import synthetic_track
 
 
 def landmark_track(frames: int, landmarks: str | None, model) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from pipeline import fit_3dmm as F
 from pipeline.errors import FitDiverged, TooShort
 from pipeline.fit_reference_lsq import fit_shape_bounded_lsq, stacked_system
 from pipeline.fit_structured import fit_shape_admm_structured
+from pipeline.synthetic_landmarks import synthetic_track
 
 
 def _problem_at_truth(model, track, config=None, identity_bound_std=3.0):
@@ -33,7 +34,7 @@ def _problem_at_truth(model, track, config=None, identity_bound_std=3.0):
 
 
 def test_shape_problem_is_the_exact_projection(ict_model):
-    track = F.synthetic_track(ict_model, 5, seed=3)
+    track = synthetic_track(ict_model, 5, seed=3)
     problem = _problem_at_truth(ict_model, track)
     # At the true parameters the weighted residual is (clean - observed) landmarks times sqrt(weight).
     residual = problem.residual(track.identity, track.expression).reshape(5, 68, 2)
@@ -56,7 +57,7 @@ def test_shape_problem_is_the_exact_projection(ict_model):
 
 
 def test_camera_estimate_recovers_pose_of_turned_heads(ict_model):
-    track = F.synthetic_track(ict_model, 12, seed=4, max_yaw_deg=45, noise_px=0.0, occluded_per_frame=0)
+    track = synthetic_track(ict_model, 12, seed=4, max_yaw_deg=45, noise_px=0.0, occluded_per_frame=0)
     points = np.repeat(ict_model.mean[ict_model.landmarks][None].astype(np.float64), 12, 0)
     clean = F.project_points(points, track.camera)
     weights = np.ones((12, 68))
@@ -75,7 +76,7 @@ def test_camera_estimate_recovers_pose_of_turned_heads(ict_model):
 def test_structured_solver_matches_reference_energy(
     ict_model, seed, max_yaw_deg, identity_bound_std, w_smooth
 ):
-    track = F.synthetic_track(ict_model, 6, seed=seed, max_yaw_deg=max_yaw_deg, noise_px=1.0)
+    track = synthetic_track(ict_model, 6, seed=seed, max_yaw_deg=max_yaw_deg, noise_px=1.0)
     problem = _problem_at_truth(ict_model, track, F.FitConfig(w_smooth=w_smooth), identity_bound_std)
     start_id, start_exp = np.zeros(ict_model.n_identity), np.zeros_like(track.expression)
     ref_id, ref_exp, _ = fit_shape_bounded_lsq(problem, start_id, start_exp)
@@ -92,7 +93,7 @@ def test_structured_solver_matches_reference_energy(
 
 
 def test_fit_video_recovers_synthetic_track(ict_model):
-    track = F.synthetic_track(ict_model, 40, seed=5, max_yaw_deg=45, noise_px=0.5, occluded_per_frame=3)
+    track = synthetic_track(ict_model, 40, seed=5, max_yaw_deg=45, noise_px=0.5, occluded_per_frame=3)
     landmarks_before = track.landmarks_px.copy()
     result = F.fit_video(ict_model, track.landmarks_px, track.weights)
     np.testing.assert_array_equal(track.landmarks_px, landmarks_before)
@@ -116,7 +117,7 @@ def test_fit_video_recovers_synthetic_track(ict_model):
 
 
 def test_jaw_contour_follows_the_silhouette(ict_model):
-    track = F.synthetic_track(ict_model, 24, seed=6, max_yaw_deg=45, noise_px=0.3, occluded_per_frame=0)
+    track = synthetic_track(ict_model, 24, seed=6, max_yaw_deg=45, noise_px=0.3, occluded_per_frame=0)
     with_contour = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig())
     fixed = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(jaw_contour=False))
     jaw = list(F.LANDMARK_REGIONS["jaw"])
@@ -128,7 +129,7 @@ def test_jaw_contour_follows_the_silhouette(ict_model):
 
 
 def test_smoothness_lowers_jitter(ict_model):
-    track = F.synthetic_track(ict_model, 40, seed=7, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
+    track = synthetic_track(ict_model, 40, seed=7, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
     smooth = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(w_smooth=5e-2))
     rough = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(w_smooth=0.0))
     jitter = [np.abs(F.second_difference(r.expression)).mean() for r in (smooth, rough)]
@@ -147,7 +148,7 @@ def test_smoothness_lowers_jitter(ict_model):
 
 
 def test_pose_smoothing_is_optional(ict_model):
-    track = F.synthetic_track(ict_model, 20, seed=10, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
+    track = synthetic_track(ict_model, 20, seed=10, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
     per_frame = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(pose_smooth_scale=0.0))
     joint = F.fit_video(ict_model, track.landmarks_px)
     jitter = [np.abs(F.second_difference(r.camera[:, [PITCH, YAW, ROLL]])).mean() for r in (joint, per_frame)]
@@ -177,7 +178,7 @@ def test_fit_video_rejects_non_face_landmarks(ict_model):
 
 @pytest.mark.slow
 def test_fit_video_reference_and_structured_agree(ict_model):
-    track = F.synthetic_track(ict_model, 5, seed=8, max_yaw_deg=30, noise_px=0.7)
+    track = synthetic_track(ict_model, 5, seed=8, max_yaw_deg=30, noise_px=0.7)
     config = F.FitConfig(iterations=3)
     fast = F.fit_video(ict_model, track.landmarks_px, track.weights, config)
     ref = F.fit_video(
@@ -188,7 +189,7 @@ def test_fit_video_reference_and_structured_agree(ict_model):
 
 
 def test_jaw_weight_zero_ignores_the_jawline(ict_model):
-    track = F.synthetic_track(ict_model, 10, seed=9, max_yaw_deg=20, noise_px=0.3, occluded_per_frame=0)
+    track = synthetic_track(ict_model, 10, seed=9, max_yaw_deg=20, noise_px=0.3, occluded_per_frame=0)
     corrupted = track.landmarks_px.copy()
     corrupted[:, :17] += 15.0  # a jawline detector gone wrong
     config = F.FitConfig(jaw_weight=0.0)
@@ -202,7 +203,7 @@ def test_jaw_weight_zero_ignores_the_jawline(ict_model):
 @pytest.mark.parametrize("n_frames", [1, 2])
 def test_fit_video_single_image_and_two_frames(ict_model, n_frames):
     # No temporal terms exist below 3 frames; a still photo (T = 1) still gets a full fit.
-    track = F.synthetic_track(ict_model, n_frames, seed=11, max_yaw_deg=30, noise_px=0.5)
+    track = synthetic_track(ict_model, n_frames, seed=11, max_yaw_deg=30, noise_px=0.5)
     result = F.fit_video(ict_model, track.landmarks_px, track.weights, F.FitConfig(iterations=4))
     assert result.expression.shape == (n_frames, 53) and result.energy_smooth == 0.0
     assert result.mean_error_iod(track.weights).mean() < 0.03
