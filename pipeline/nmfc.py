@@ -133,24 +133,22 @@ class NmfcRenderer:
         self.colors = triangle_colors(self.model.normalized_mean_coords, self.model.faces).to(self.device)
         self.landmarks = self.torch_model.landmarks
 
+    def _as_inputs(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Coefficients and cameras as float32 tensors on the renderer's device."""
+        return tuple(torch.as_tensor(t, dtype=torch.float32, device=self.device) for t in tensors)
+
     def vertices_px(
         self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor
     ) -> torch.Tensor:
         """identity (B, N_id), expression (B, N_exp), camera (B, 7) -> surface verts_px (B, S, 3) float32."""
-        identity, expression, camera = (
-            torch.as_tensor(t, dtype=torch.float32, device=self.device)
-            for t in (identity, expression, camera)
-        )
+        identity, expression, camera = self._as_inputs(identity, expression, camera)
         return project(self.torch_model(identity, expression), camera)
 
     def landmarks_px(
         self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor
     ) -> torch.Tensor:
         """Projected 68 landmark vertices: (B, N_id), (B, N_exp), (B, 7) -> (B, 68, 2) (x, y) pixels."""
-        identity, expression, camera = (
-            torch.as_tensor(t, dtype=torch.float32, device=self.device)
-            for t in (identity, expression, camera)
-        )
+        identity, expression, camera = self._as_inputs(identity, expression, camera)
         verts = self.torch_model(identity, expression, vertex_ids=self.landmarks)
         return project(verts, camera)[..., :2]
 

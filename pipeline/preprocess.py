@@ -45,7 +45,8 @@ Row = dict
 # Keys every row has from the start (all small).
 ROW_VIDEO_ID = "video_id"
 ROW_IDENTITY = "identity"
-ROW_SOURCE = "source"
+ROW_SOURCE = "source"  # redacted URI, for records
+ROW_URI = "uri"  # full URI, for reading
 ROW_STATUS = "status"
 ROW_REASON = "reason"
 ROW_MESSAGE = "message"
@@ -91,7 +92,7 @@ def new_row(source: VideoSource) -> Row:
         ROW_VIDEO_ID: source.video_id,
         ROW_IDENTITY: source.identity,
         ROW_SOURCE: storage.redact(source.uri),
-        "uri": source.uri,
+        ROW_URI: source.uri,
         ROW_STATUS: schema.STATUS_OK,
         ROW_REASON: "",
         ROW_MESSAGE: "",
@@ -160,7 +161,7 @@ class LocalCopy:
 
 def decode_crop(row: Row, cfg: PreprocessConfig) -> Row:
     """Decodes the video, tracks the face and crops every kept frame."""
-    with LocalCopy(row["uri"]) as path:
+    with LocalCopy(row[ROW_URI]) as path:
         info = video_info(path, cfg.decode)
         track = track_video(path, cfg.decode, cfg.track)
         crops = np.empty((len(track), track.crop_size, track.crop_size, 3), np.uint8)
