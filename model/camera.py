@@ -55,12 +55,10 @@ def project(verts: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
     in pixels (larger is nearer the viewer).
     """
     rotation = euler_to_matrix(camera[..., PITCH : ROLL + 1])  # (B, 3, 3)
-    rotated = verts @ rotation.transpose(-1, -2)  # (B, V, 3)
-    scale = camera[..., SCALE, None]
-    x = scale * rotated[..., 0] + camera[..., TX, None]
-    y = -scale * rotated[..., 1] + camera[..., TY, None]
-    depth = scale * rotated[..., 2] + camera[..., TZ, None]
-    return torch.stack([x, y, depth], -1)
+    scale = camera[..., SCALE, None, None]
+    # Rows of the rotation scaled by (s, -s, s): x = s r_0.v + tx, y = -s r_1.v + ty, depth = s r_2.v + tz.
+    linear = rotation * torch.cat([scale, -scale, scale], -2)  # (B, 3, 3)
+    return verts @ linear.mT.contiguous() + camera[..., None, TX : TZ + 1]
 
 
 def project_numpy(verts: np.ndarray, camera: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -157,26 +158,25 @@ class _TriangleSetup(NamedTuple):
     dy: torch.Tensor
 
 
-def _anchor_slots(faces: torch.Tensor) -> torch.Tensor:
-    """faces (F, 3) -> (F, 3) int64: for edge k (corner k+1 -> corner k+2), the corner slot holding the
-    endpoint with the lower vertex id (the anchor of ``_canonical_edge``)."""
-    i, j = faces[:, [1, 2, 0]], faces[:, [2, 0, 1]]
-    slot_i = torch.tensor([1, 2, 0], device=faces.device).expand_as(faces)
-    return torch.where(i < j, slot_i, (slot_i + 1) % 3)
+def _forward_edges(faces: torch.Tensor) -> torch.Tensor:
+    """faces (F, 3) -> (3 edges, F) bool: whether edge k (corner k+1 -> corner k+2) runs from the lower
+    vertex id to the higher, i.e. whether its anchor (see ``_canonical_edge``) is corner k+1."""
+    return faces[:, [1, 2, 0]].t() < faces[:, [2, 0, 1]].t()
 
 
-def _triangle_setup(x: torch.Tensor, y: torch.Tensor, anchors: torch.Tensor) -> _TriangleSetup:
+def _triangle_setup(x: torch.Tensor, y: torch.Tensor, forward: torch.Tensor) -> _TriangleSetup:
     """Edge functions in the canonical, orientation-normalised form used by the torch backend.
 
-    x, y (3 corners, T) corner coordinates; anchors (3 edges, T) the corner slot of each edge's anchor
-    (``_anchor_slots``). ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of
-    edge k (see ``_canonical_edge``, which this computes with the same values) times the triangle's
-    orientation, so it is positive inside every triangle, and the two triangles sharing an edge (same
-    anchor, opposite directions) see bitwise opposite values.
+    x, y (3 corners, T) corner coordinates; forward (3 edges, T) bool (``_forward_edges``). ``w_k(p) =
+    (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of edge k (see ``_canonical_edge``,
+    which this computes with the same values) times the triangle's orientation, so it is positive inside
+    every triangle, and the two triangles sharing an edge (same anchor, opposite directions) see bitwise
+    opposite values.
     """
-    ax, ay = x.gather(0, anchors), y.gather(0, anchors)
-    dx = torch.roll(x, -2, 0) - torch.roll(x, -1, 0)  # edge k: corner k+2 - corner k+1
-    dy = torch.roll(y, -2, 0) - torch.roll(y, -1, 0)
+    x_i, x_j = torch.roll(x, -1, 0), torch.roll(x, -2, 0)  # edge k runs corner k+1 -> corner k+2
+    y_i, y_j = torch.roll(y, -1, 0), torch.roll(y, -2, 0)
+    ax, ay = torch.where(forward, x_i, x_j), torch.where(forward, y_i, y_j)
+    dx, dy = x_j - x_i, y_j - y_i
     area2 = (x[0] - ax[0]) * dy[0] - (y[0] - ay[0]) * dx[0]
     orientation = torch.where(area2 < 0, -1.0, 1.0).to(x.dtype)
     return _TriangleSetup(ax, ay, dx * orientation, dy * orientation)
@@ -198,8 +198,9 @@ def _gather_corners(verts_px: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
 
 # --- Torch backend -------------------------------------------------------------------------------------
 
-_INT64_MIN = -(2**63)
-_LOW32 = 0xFFFFFFFF
+# The order-preserving int32 image of float32 -inf (bits 0xFF800000 with the magnitude bits flipped),
+# shifted into the high word of a z-buffer key.
+_EMPTY_KEY = (0x807FFFFF - 2**32) << 32
 # Bounding boxes are padded per axis to a size class so that the triangles of one class are evaluated
 # together as a dense (rows, cols, T) grid of candidate centres: exact sizes 1-4 (most triangles of a
 # face mesh at 256 px), then powers of two (< 2x padding) to keep the number of classes small.
@@ -334,35 +335,37 @@ def _rasterize_frames(
     classes = _box_classes(max(height, width))
     n_cls = len(classes)
     tri = usable.reshape(-1).nonzero().squeeze(1)
-    box = [b.reshape(-1) for b in box]
     class_of = _box_class_table(max(height, width), device)  # box size in centres -> class index
-    group = class_of.index_select(0, box[3].index_select(0, tri).long()) * n_cls + class_of.index_select(
-        0, box[2].index_select(0, tri).long()
-    )
+    n_x, n_y = (b.reshape(-1).index_select(0, tri).long() for b in box[2:])
+    group = class_of.index_select(0, n_y) * n_cls + class_of.index_select(0, n_x)
     group_sizes = torch.bincount(group, minlength=n_cls * n_cls).tolist()
     group, group_sizes, padded = _merge_sparse_groups(group, group_sizes, classes)
-    # A stable sort keeps each group in triangle order, so the gathers below read memory in order.
+    # A stable sort keeps each group in triangle order, so the gather below reads memory in order.
     tri = tri.index_select(0, torch.argsort(group.to(torch.int16), stable=True))
-    x_lo, y_lo, n_x, n_y = (b.index_select(0, tri) for b in box)
+    # Per-triangle data as 1-D gathers (the fastest gather on CPU): corner (c, k) of triangle (b, f) sits at
+    # ((c * B_all + first + b) * 3 + k) * F + f of the contiguous corners, i.e. at offset b * 3F + f of a
+    # flat view starting at (c * B_all + first) * 3F + k * F; tri runs in increasing order within a group,
+    # so these reads stream.
+    frame_offset = (tri // n_faces) * (3 * n_faces) + tri % n_faces
+    flat, n_all = corners.reshape(-1), corners.shape[1]
+    x, y, z = (
+        torch.stack(
+            [flat[((c * n_all + first) * 3 + k) * n_faces :].index_select(0, frame_offset) for k in range(3)]
+        )
+        for c in range(3)
+    )  # each (3 corners, T)
+    x_lo, y_lo, n_x, n_y = (b.reshape(-1).index_select(0, tri) for b in box)
     face = tri % n_faces
-    # Corners of the sorted triangles, gathered from the vertices: (3 corners, T) each.
-    anchors = _anchor_slots(faces).index_select(0, face).t().contiguous()  # (3, T)
-    # Corner (c, k) of triangle b * F + f sits at ((c * B_all + first + b) * 3 + k) * F + f in the
-    # contiguous corners tensor; tri runs in increasing order within a group, so these reads stream.
-    n_all = corners.shape[1]
-    offset = (tri // n_faces + first) * (3 * n_faces) + face
-    plane = torch.arange(9, device=device)  # c * 3 + k
-    plane = ((plane // 3) * n_all * 3 + plane % 3) * n_faces
-    x, y, z = corners.take(offset[None] + plane[:, None]).view(3, 3, -1)
-    setup = _triangle_setup(x, y, anchors)
+    setup = _triangle_setup(x, y, torch.stack([e.index_select(0, face) for e in _forward_edges(faces)]))
     base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
-    pixels, members, weights = [], [], []
+    zbuffer = _ZBuffer(n_pixels, n_faces, dtype, device)
     start = 0
     for g, count in enumerate(group_sizes):
         if count == 0:
             continue
         rows, cols = classes[g // n_cls], classes[g % n_cls]
         run = slice(start, start + count)
+        start += count
         col, row, offsets = _grid(rows, cols, width, device, dtype)
         # w_k at centre (r, c) of the box is u_k(c) - v_k(r): the canonical edge function, factored so
         # that the grid costs one subtraction; centres past the box get -inf so they are never inside.
@@ -373,60 +376,108 @@ def _rasterize_frames(
             v.masked_fill_(row >= n_y[run], float("inf"))
         w = (u[:, None] - v[:, :, None]).view(3, -1)  # (3, rows * cols * n)
         inside = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) >= 0).nonzero().squeeze(1)
-        local = inside % count + start  # inside = (r * cols + c) * n + (local - start)
-        pixels.append(base.index_select(0, local) + offsets.index_select(0, inside // count))
-        members.append(local)
-        weights.append(torch.stack([w[k].index_select(0, inside) for k in range(3)]))
-        start += count
-    if not pixels:
-        return _empty_fragments(frames, height, width, device, dtype, config.barycentrics)
-    pixel, member, w = torch.cat(pixels), torch.cat(members), torch.cat(weights, 1)
-    # Centres exactly on an edge (some w_k == 0; rare) are covered only through top-left edges.
-    on_edge = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) == 0).nonzero().squeeze(1)
-    if len(on_edge):
-        w_e, m_e = w.index_select(1, on_edge), member.index_select(0, on_edge)
-        include = _include_edge(setup.dx.index_select(1, m_e), setup.dy.index_select(1, m_e))
-        dropped = on_edge[~((w_e > 0) | ((w_e == 0) & include)).all(0)]
-        keep = torch.ones(len(pixel), dtype=torch.bool, device=device)
-        keep[dropped] = False
-        keep = keep.nonzero().squeeze(1)
-        pixel, member, w = pixel.index_select(0, keep), member.index_select(0, keep), w.index_select(1, keep)
-    face = face.index_select(0, member)
-    # Barycentric depth (same expression as the reference); +0.0 turns -0.0 into +0.0 for the keys.
-    z0, z1, z2 = z.gather(1, member.expand(3, -1))
-    w_sum = w[0] + w[1] + w[2]
-    depth = (w[0] * z0 + w[1] * z1 + w[2] * z2) / w_sum + 0.0
-    pix_to_face = torch.full((n_pixels,), -1, dtype=torch.int64, device=device)
-    zbuf = torch.full((n_pixels,), float("-inf"), dtype=dtype, device=device)
-    if dtype == torch.float32:
-        # One pass: float32 depth bits made order-preserving as int32, packed above (F - 1 - face) so
-        # amax picks the largest depth and then the lowest face.
-        bits = depth.view(torch.int32)
-        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
-        key = (bits.long() << 32) | (n_faces - 1 - face)
-        best = torch.full((n_pixels,), _INT64_MIN, dtype=torch.int64, device=device)
-        best.scatter_reduce_(0, pixel, key, "amax")
-        winner = (key == best.index_select(0, pixel)).nonzero().squeeze(1)
-    else:
-        zbuf.scatter_reduce_(0, pixel, depth, "amax")
-        front = (depth == zbuf.index_select(0, pixel)).nonzero().squeeze(1)
-        nearest_face = torch.full((n_pixels,), n_faces, dtype=torch.int64, device=device)
-        nearest_face.scatter_reduce_(0, pixel[front], face[front], "amin")
-        winner = front[face[front] == nearest_face.index_select(0, pixel[front])]
-    # Exactly one candidate per covered pixel carries the winning (depth, face).
-    hit = pixel.index_select(0, winner)
-    pix_to_face.index_copy_(0, hit, face.index_select(0, winner))
-    zbuf.index_copy_(0, hit, depth.index_select(0, winner))
+        cell = inside // count  # inside = (r * cols + c) * n + (member - start)
+        member = inside - cell * count + run.start
+        pixel = base.index_select(0, member) + offsets.index_select(0, cell)
+        w = w.index_select(1, inside)
+        # Centres exactly on an edge (some w_k == 0; rare) are covered only through top-left edges.
+        on_edge = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) == 0).nonzero().squeeze(1)
+        if len(on_edge):
+            w_e, m_e = w.index_select(1, on_edge), member.index_select(0, on_edge)
+            include = _include_edge(setup.dx.index_select(1, m_e), setup.dy.index_select(1, m_e))
+            keep = torch.ones(len(pixel), dtype=torch.bool, device=device)
+            keep[on_edge[~((w_e > 0) | ((w_e == 0) & include)).all(0)]] = False
+            keep = keep.nonzero().squeeze(1)
+            pixel, member, w = (
+                pixel.index_select(0, keep),
+                member.index_select(0, keep),
+                w.index_select(1, keep),
+            )
+        # Barycentric depth (same expression as the reference); +0.0 turns -0.0 into +0.0 for the keys.
+        z0, z1, z2 = z.index_select(1, member)
+        depth = (w[0] * z0 + w[1] * z1 + w[2] * z2) / (w[0] + w[1] + w[2]) + 0.0
+        zbuffer.add(pixel, depth, face.index_select(0, member))
+    pix_to_face, zbuf = zbuffer.result()
     shape = (frames, height, width)
     bary = None
     if config.barycentrics:
-        bary = torch.full((3, n_pixels), -1.0, dtype=dtype, device=device)
-        w_sum_win = w_sum.index_select(0, winner)
-        for k in range(3):
-            bary[k].index_copy_(0, hit, w[k].index_select(0, winner) / w_sum_win)
-        # Returned as a (B, H, W, 3) view of the (3, B, H, W) buffer (use .reshape, not .view).
-        bary = bary.view(3, *shape).permute(1, 2, 3, 0)
+        bary = _barycentrics(corners[:, first : first + frames], faces, pix_to_face, width)
+        bary = bary.view(3, *shape).permute(1, 2, 3, 0)  # a (B, H, W, 3) view (use .reshape, not .view)
     return Fragments(pix_to_face.view(shape), zbuf.view(shape), bary)
+
+
+class _ZBuffer:
+    """Nearest candidate per pixel: the largest depth, then the lowest face id.
+
+    float32 depths take one ``scatter_reduce`` per batch of candidates: the depth's bits, made
+    order-preserving as int32, are packed above (F - 1 - face) into an int64 key whose maximum is the
+    winner, and both depth and face are decoded from it exactly. Other dtypes collect the candidates and
+    reduce twice (depth, then face among the nearest).
+    """
+
+    def __init__(self, n_pixels: int, n_faces: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.n_pixels, self.n_faces, self.dtype, self.device = n_pixels, n_faces, dtype, device
+        self.packed = dtype == torch.float32
+        if self.packed:
+            # Empty pixels hold the key of depth -inf and face -1, so decoding needs no mask.
+            self.best = torch.full((n_pixels,), _EMPTY_KEY + n_faces, dtype=torch.int64, device=device)
+        else:
+            self.candidates: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, pixel: torch.Tensor, depth: torch.Tensor, face: torch.Tensor) -> None:
+        """pixel (N,) int64 flat pixel ids, depth (N,), face (N,) int64."""
+        if not self.packed:
+            self.candidates.append((pixel, depth, face))
+            return
+        bits = depth.view(torch.int32)
+        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
+        self.best.scatter_reduce_(0, pixel, (bits.long() << 32) | (self.n_faces - 1 - face), "amax")
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """pix_to_face (P,) int64 (-1 where empty) and zbuf (P,) (-inf where empty)."""
+        if self.packed:
+            low, high = self.best.view(torch.int32).view(-1, 2).unbind(1)  # little-endian words
+            if sys.byteorder == "big":
+                low, high = high, low
+            pix_to_face = (self.n_faces - 1 - low).long()
+            bits = high ^ ((high >> 31) & 0x7FFFFFFF)  # the flip is its own inverse
+            return pix_to_face, bits.view(torch.float32)
+        pix_to_face = torch.full((self.n_pixels,), -1, dtype=torch.int64, device=self.device)
+        zbuf = torch.full((self.n_pixels,), float("-inf"), dtype=self.dtype, device=self.device)
+        if not self.candidates:
+            return pix_to_face, zbuf
+        pixel, depth, face = (torch.cat(parts) for parts in zip(*self.candidates))
+        zbuf.scatter_reduce_(0, pixel, depth, "amax")
+        front = (depth == zbuf.index_select(0, pixel)).nonzero().squeeze(1)
+        nearest = torch.full((self.n_pixels,), self.n_faces, dtype=torch.int64, device=self.device)
+        nearest.scatter_reduce_(0, pixel[front], face[front], "amin")
+        hit = nearest < self.n_faces
+        pix_to_face[hit] = nearest[hit]
+        return pix_to_face, zbuf
+
+
+def _barycentrics(corners: torch.Tensor, faces: torch.Tensor, pix_to_face: torch.Tensor, width: int):
+    """Barycentric weights at the covered pixel centres, recomputed from their visible triangles with the
+    very expressions of the coverage test (so bitwise what it saw).
+
+    corners (3 coords, B, 3 corners, F); pix_to_face (B * H * W,) int64 -> (3, B * H * W), -1 where empty.
+    """
+    _, frames, _, n_faces = corners.shape
+    hit = (pix_to_face >= 0).nonzero().squeeze(1)
+    face = pix_to_face.index_select(0, hit)
+    frame = hit // (pix_to_face.numel() // frames)
+    # Corner (c, k) of triangle (b, f) sits at ((c * B + b) * 3 + k) * F + f in the contiguous corners.
+    plane = torch.arange(6, device=hit.device)  # c * 3 + k for x and y
+    plane = ((plane // 3) * frames * 3 + plane % 3) * n_faces
+    x, y = corners.contiguous().take((frame * 3 * n_faces + face)[None] + plane[:, None]).view(2, 3, -1)
+    setup = _triangle_setup(x, y, _forward_edges(faces).index_select(1, face))
+    dtype = corners.dtype
+    px = (hit % width).to(dtype)
+    py = (hit // width % (pix_to_face.numel() // frames // width)).to(dtype)
+    w = (px - setup.ax) * setup.dy - (py - setup.ay) * setup.dx  # (3, N)
+    bary = torch.full((3, pix_to_face.numel()), -1.0, dtype=dtype, device=hit.device)
+    bary.index_copy_(1, hit, w / (w[0] + w[1] + w[2]))
+    return bary
 
 
 def _empty_fragments(

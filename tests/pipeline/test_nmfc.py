@@ -185,6 +185,17 @@ def test_render_batches_give_the_same_images(ict_model):
     assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
 
 
+def test_uint8_render_is_the_rounded_float_render(renderer, ict_model):
+    identity, expression, camera = _random_params(ict_model, 3, seed=7)
+    float_out = renderer.render(identity, expression, camera)
+    byte_out = renderer.render(identity, expression, camera, uint8=True)
+    assert byte_out.image.dtype == torch.uint8 and byte_out.image.shape == float_out.image.shape
+    assert byte_out.image.is_contiguous()
+    np.testing.assert_array_equal(byte_out.image.numpy(), nmfc_to_uint8(float_out.image))
+    assert torch.equal(byte_out.mask, float_out.mask)
+    assert (byte_out.image[byte_out.mask].amax(-1) > 0).all() and (byte_out.image[~byte_out.mask] == 0).all()
+
+
 def test_mouth_boxes_fixed_size_centred_and_clamped():
     landmarks = torch.zeros(3, 68, 2)
     landmarks[0, 48:68] = torch.tensor([50.0, 60.0]) + torch.randn(20, 2)
