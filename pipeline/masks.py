@@ -154,14 +154,31 @@ def colour_model_masks(
     p_fg = fg_hist / fg_hist.sum()
     p_bg = bg_hist / bg_hist.sum()
     posterior = (p_fg / (p_fg + p_bg)).astype(np.float32)
+    colour_log_odds = np.log(posterior / (1 - posterior))  # per histogram bin, looked up per pixel
     masks = np.empty_like(face_masks)
     for k in range(t):
-        colour = posterior[_colour_index(images[k])]
-        # Soft spatial prior: 0.9 inside the head-and-shoulders region, 0.1 outside, blurred edges.
-        spatial = 0.1 + 0.8 * cv2.GaussianBlur(prior[k].astype(np.float32), (0, 0), images.shape[1] / 32)
-        log_odds = np.log(colour / (1 - colour)) + cfg.prior_weight * np.log(spatial / (1 - spatial))
+        spatial = _soft_prior(prior[k])
+        log_odds = colour_log_odds[_colour_index(images[k])] + cfg.prior_weight * np.log(
+            spatial / (1 - spatial)
+        )
         masks[k] = _clean(log_odds > 0, face_masks[k])
     return masks
+
+
+def _soft_prior(prior: np.ndarray) -> np.ndarray:
+    """Soft spatial prior: 0.9 inside the head-and-shoulders region, 0.1 outside, edges blurred with a
+    Gaussian of sigma = H / 32. prior (H, W) bool -> (H, W) float32 in [0.1, 0.9].
+
+    The blur is that wide, so it is done at a quarter of the resolution and interpolated back (16x
+    cheaper; the result differs from the full-resolution blur by well under a percent).
+    """
+    h, w = prior.shape
+    factor = 4 if h % 4 == 0 and w % 4 == 0 and min(h, w) >= 64 else 1
+    small = cv2.resize(prior.astype(np.float32), (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small, (0, 0), h / 32 / factor)
+    if factor > 1:
+        blurred = cv2.resize(blurred, (w, h), interpolation=cv2.INTER_LINEAR)
+    return 0.1 + 0.8 * blurred
 
 
 class DeepLabPersonSegmenter:
