@@ -38,7 +38,7 @@ from pipeline.flow import FlowConfig, optical_flow
 from pipeline.landmarks import LandmarkConfig, detect_landmarks
 from pipeline.manifest import VideoSource
 from pipeline.masks import MaskConfig, foreground_masks, landmark_face_masks
-from pipeline.nmfc import NmfcConfig, NmfcImages, NmfcRenderer, nmfc_to_uint8
+from pipeline.nmfc import NmfcConfig, NmfcRenderer
 
 Row = dict
 
@@ -201,18 +201,6 @@ def fit(row: Row, cfg: PreprocessConfig, model: MorphableModel) -> Row:
     return row
 
 
-def nmfc_images_uint8(images: NmfcImages, renderer: NmfcRenderer) -> np.ndarray:
-    """The NMFC images as uint8, equal to ``nmfc_to_uint8(images.image)`` but ~10x cheaper.
-
-    Every NMFC pixel is its visible triangle's colour (or 0), so the (F + 1, 3) colour table is rounded
-    once and looked up by ``pix_to_face``, instead of rounding (T, H, W, 3) floats through float64.
-    images: ``renderer``'s output for T frames -> (T, H, W, 3) uint8.
-    """
-    colors = renderer.colors.detach().cpu()
-    table = nmfc_to_uint8(torch.cat([torch.zeros(1, 3, dtype=colors.dtype), colors]))  # row 0: background
-    return np.take(table, images.pix_to_face.cpu().numpy() + 1, axis=0)
-
-
 def render(row: Row, renderer: NmfcRenderer) -> Row:
     """NMFC images (Eq. 3), the face-surface mask and the mouth boxes from the fit."""
     expression = torch.tensor(np.asarray(row["expression"]), dtype=torch.float32)
@@ -221,10 +209,10 @@ def render(row: Row, renderer: NmfcRenderer) -> Row:
         len(camera), -1
     )
     with torch.inference_mode():
-        images = renderer.render(identity, expression, camera)
+        images = renderer.render(identity, expression, camera, uint8=True)  # the stored format
         boxes = renderer.mouth_boxes(identity, expression, camera)
     row.update(
-        nmfc=nmfc_images_uint8(images, renderer),
+        nmfc=images.image.cpu().numpy(),
         face_mask=images.mask.cpu().numpy(),
         mouth_box_px=boxes.cpu().numpy().astype(np.int32),
     )
