@@ -7,7 +7,9 @@ Measures NMFC frames per second at ``--size`` x ``--size`` for batch 1 and batch
 thread and with all threads, on CPU (and CUDA when a device is present):
 
 - ``nmfc``: the whole NMFC image from 3DMM parameters (model evaluation, ``model.camera.project``,
-  rasterisation with back faces culled as ``NmfcConfig`` does, colour lookup);
+  rasterisation with back faces culled as ``NmfcConfig`` does, colour lookup) as float32 in [0, 1];
+  ``nmfc_uint8`` the same as uint8, the format the preprocessing job stores (every frame gets its own
+  random identity here; a video's frames share one, which saves the identity product);
 - ``raster``: rasterisation alone of the same projected vertices: ``cull`` as NMFC runs it (back faces
   culled, no barycentrics) and ``full`` (every triangle of the open surface z-buffered, with
   barycentrics: the whole PyTorch3D-style output).
@@ -87,7 +89,10 @@ def measure(renderer: NmfcRenderer, params, batch: int, seconds: float, device: 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     verts_px = renderer.vertices_px(identity, expression, camera)
     size = renderer.config.image_size
-    runs = {"nmfc": lambda: renderer.render(identity, expression, camera)}
+    runs = {
+        "nmfc": lambda: renderer.render(identity, expression, camera),
+        "nmfc_uint8": lambda: renderer.render(identity, expression, camera, uint8=True),
+    }
     # As NMFC uses it (back faces culled, no barycentrics), and the full PyTorch3D-like output.
     for name, cull, bary in (("raster_cull", True, False), ("raster_full", False, True)):
         config = RasterizeConfig(backend="torch", cull_backfaces=cull, barycentrics=bary)

@@ -191,8 +191,13 @@ class MorphableModelTorch(torch.nn.Module):
             mean = mean[vertex_ids]
             id_basis = id_basis[:, cols]
             exp_basis = exp_basis[:, cols]
-        offsets = identity.to(id_basis.dtype) @ id_basis + expression.to(exp_basis.dtype) @ exp_basis
-        return mean.unsqueeze(0) + offsets.view(identity.shape[0], -1, 3)
+        identity = identity.to(id_basis.dtype)
+        same = len(identity) > 1 and not identity.requires_grad
+        if same and torch.equal(identity, identity[:1].expand_as(identity)):
+            identity = identity[:1]  # one identity for all frames (a video): its shape is computed once
+        shape = mean.reshape(1, -1) + identity @ id_basis  # (1 or B, V * 3)
+        offsets = expression.to(exp_basis.dtype) @ exp_basis
+        return (shape + offsets).view(expression.shape[0], -1, 3)
 
 
 def save_morphable_model(model: MorphableModel, path: str | os.PathLike) -> None:

@@ -181,7 +181,7 @@ class NmfcRenderer:
             height, width = self.config.image_size
             empty = torch.full((0, height, width), -1, dtype=torch.int64, device=self.device)
             return encode_nmfc(empty, self.colors, uint8)
-        return NmfcImages(*(torch.cat(p) for p in zip(*parts)))
+        return parts[0] if len(parts) == 1 else NmfcImages(*(torch.cat(p) for p in zip(*parts)))
 
     def mouth_boxes(
         self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor

@@ -23,8 +23,12 @@ larger = nearer the viewer. Rules every backend follows (``rasterize_reference``
 - Top-left rule: a centre strictly inside is covered; a centre exactly on an edge is covered only when the
   edge's inward normal points right (+x), or exactly down (+y) for a horizontal edge. Zero-area and
   non-finite triangles cover nothing.
-- Depth is interpolated with the barycentric weights (exact for an orthographic camera); the nearest face
-  (largest depth) wins; equal depths go to the lowest face index.
+- Depth is the triangle's plane at the centre (exact for an orthographic camera), evaluated in the
+  factored form the edge functions allow: with ``w_k = u_k(x) - v_k(y)`` (``u_k = (x - ax_k) * dy_k``,
+  ``v_k = (y - ay_k) * dx_k`` for edge k's anchor and orientation-normalised direction) and ``A`` the
+  triangle's doubled area, ``depth = (z_0 u_0 + z_1 u_1 + z_2 u_2) / A - (z_0 v_0 + z_1 v_1 + z_2 v_2) / A``
+  (summed in that order; ``rasterize_reference`` spells it out). The nearest face (largest depth) wins;
+  equal depths go to the lowest face index.
 - ``cull_backfaces`` drops triangles whose image-space orientation says they face away from the camera
   (model-space triangles wound counter-clockwise seen from outside, as in ICT, face the camera when
   ``(v1 - v0) x (v2 - v0)`` has positive model z, i.e. clockwise in the y-down image).
@@ -38,6 +42,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -156,6 +161,7 @@ class _TriangleSetup(NamedTuple):
     ay: torch.Tensor
     dx: torch.Tensor  # edge vector (corner k+2 - corner k+1) times the triangle's orientation (+-1)
     dy: torch.Tensor
+    area: torch.Tensor  # (T,) twice the triangle's area (> 0 for non-degenerate triangles)
 
 
 def _forward_edges(faces: torch.Tensor) -> torch.Tensor:
@@ -164,22 +170,26 @@ def _forward_edges(faces: torch.Tensor) -> torch.Tensor:
     return faces[:, [1, 2, 0]].t() < faces[:, [2, 0, 1]].t()
 
 
-def _triangle_setup(x: torch.Tensor, y: torch.Tensor, forward: torch.Tensor) -> _TriangleSetup:
+def _triangle_setup(x: Sequence[torch.Tensor], y: Sequence[torch.Tensor], forward) -> _TriangleSetup:
     """Edge functions in the canonical, orientation-normalised form used by the torch backend.
 
-    x, y (3 corners, T) corner coordinates; forward (3 edges, T) bool (``_forward_edges``). ``w_k(p) =
-    (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of edge k (see ``_canonical_edge``,
-    which this computes with the same values) times the triangle's orientation, so it is positive inside
-    every triangle, and the two triangles sharing an edge (same anchor, opposite directions) see bitwise
-    opposite values.
+    x, y: the 3 corners' coordinates, each (T,); forward: 3 bool tensors (T,), edge k's ``_forward_edges``.
+    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of edge k (see
+    ``_canonical_edge``, which this computes with the same values) times the triangle's orientation, so it
+    is positive inside every triangle, and the two triangles sharing an edge (same anchor, opposite
+    directions) see bitwise opposite values. Written edge by edge into one buffer (no stacking copies).
     """
-    x_i, x_j = torch.roll(x, -1, 0), torch.roll(x, -2, 0)  # edge k runs corner k+1 -> corner k+2
-    y_i, y_j = torch.roll(y, -1, 0), torch.roll(y, -2, 0)
-    ax, ay = torch.where(forward, x_i, x_j), torch.where(forward, y_i, y_j)
-    dx, dy = x_j - x_i, y_j - y_i
+    ax, ay, dx, dy = edges = x[0].new_empty(4, 3, x[0].shape[0])
+    for k in range(3):
+        i, j = (k + 1) % 3, (k + 2) % 3  # edge k runs corner i -> corner j
+        torch.where(forward[k], x[i], x[j], out=ax[k])
+        torch.where(forward[k], y[i], y[j], out=ay[k])
+        torch.sub(x[j], x[i], out=dx[k])
+        torch.sub(y[j], y[i], out=dy[k])
     area2 = (x[0] - ax[0]) * dy[0] - (y[0] - ay[0]) * dx[0]
-    orientation = torch.where(area2 < 0, -1.0, 1.0).to(x.dtype)
-    return _TriangleSetup(ax, ay, dx * orientation, dy * orientation)
+    orientation = torch.where(area2 < 0, -1.0, 1.0).to(area2.dtype)
+    edges[2:] *= orientation
+    return _TriangleSetup(ax, ay, dx, dy, area2 * orientation)
 
 
 def _include_edge(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -349,14 +359,12 @@ def _rasterize_frames(
     frame_offset = (tri // n_faces) * (3 * n_faces) + tri % n_faces
     flat, n_all = corners.reshape(-1), corners.shape[1]
     x, y, z = (
-        torch.stack(
-            [flat[((c * n_all + first) * 3 + k) * n_faces :].index_select(0, frame_offset) for k in range(3)]
-        )
+        [flat[((c * n_all + first) * 3 + k) * n_faces :].index_select(0, frame_offset) for k in range(3)]
         for c in range(3)
-    )  # each (3 corners, T)
+    )  # each 3 corners of (T,)
     x_lo, y_lo, n_x, n_y = (b.reshape(-1).index_select(0, tri) for b in box)
     face = tri % n_faces
-    setup = _triangle_setup(x, y, torch.stack([e.index_select(0, face) for e in _forward_edges(faces)]))
+    setup = _triangle_setup(x, y, [e.index_select(0, face) for e in _forward_edges(faces)])
     base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     zbuffer = _ZBuffer(n_pixels, n_faces, dtype, device)
     start = 0
@@ -371,32 +379,31 @@ def _rasterize_frames(
         # that the grid costs one subtraction; centres past the box get -inf so they are never inside.
         u = (x_lo[run] + col - setup.ax[:, None, run]) * setup.dy[:, None, run]  # (3, cols, n)
         v = (y_lo[run] + row - setup.ay[:, None, run]) * setup.dx[:, None, run]  # (3, rows, n)
+        # Depth factors the same way (see the module docstring): zu(c) - zv(r).
+        area = setup.area[run]
+        zu = (z[0][run] * u[0] + z[1][run] * u[1] + z[2][run] * u[2]) / area  # (cols, n)
+        zv = (z[0][run] * v[0] + z[1][run] * v[1] + z[2][run] * v[2]) / area  # (rows, n)
         if g in padded:
             u.masked_fill_(col >= n_x[run], float("-inf"))
             v.masked_fill_(row >= n_y[run], float("inf"))
         w = (u[:, None] - v[:, :, None]).view(3, -1)  # (3, rows * cols * n)
-        inside = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) >= 0).nonzero().squeeze(1)
+        w_min = torch.minimum(torch.minimum(w[0], w[1]), w[2])
+        inside = (w_min >= 0).nonzero().squeeze(1)
         cell = inside // count  # inside = (r * cols + c) * n + (member - start)
         member = inside - cell * count + run.start
         pixel = base.index_select(0, member) + offsets.index_select(0, cell)
-        w = w.index_select(1, inside)
+        depth = (zu[None] - zv[:, None]).view(-1).index_select(0, inside)
         # Centres exactly on an edge (some w_k == 0; rare) are covered only through top-left edges.
-        on_edge = (torch.minimum(torch.minimum(w[0], w[1]), w[2]) == 0).nonzero().squeeze(1)
+        on_edge = (w_min.index_select(0, inside) == 0).nonzero().squeeze(1)
         if len(on_edge):
-            w_e, m_e = w.index_select(1, on_edge), member.index_select(0, on_edge)
+            w_e, m_e = w.index_select(1, inside.index_select(0, on_edge)), member.index_select(0, on_edge)
             include = _include_edge(setup.dx.index_select(1, m_e), setup.dy.index_select(1, m_e))
             keep = torch.ones(len(pixel), dtype=torch.bool, device=device)
             keep[on_edge[~((w_e > 0) | ((w_e == 0) & include)).all(0)]] = False
             keep = keep.nonzero().squeeze(1)
-            pixel, member, w = (
-                pixel.index_select(0, keep),
-                member.index_select(0, keep),
-                w.index_select(1, keep),
-            )
-        # Barycentric depth (same expression as the reference); +0.0 turns -0.0 into +0.0 for the keys.
-        z0, z1, z2 = z.index_select(1, member)
-        depth = (w[0] * z0 + w[1] * z1 + w[2] * z2) / (w[0] + w[1] + w[2]) + 0.0
-        zbuffer.add(pixel, depth, face.index_select(0, member))
+            pixel, member, depth = (t.index_select(0, keep) for t in (pixel, member, depth))
+        # +0.0 turns -0.0 into +0.0 for the keys.
+        zbuffer.add(pixel, depth + 0.0, face.index_select(0, member))
     pix_to_face, zbuf = zbuffer.result()
     shape = (frames, height, width)
     bary = None
@@ -470,7 +477,7 @@ def _barycentrics(corners: torch.Tensor, faces: torch.Tensor, pix_to_face: torch
     plane = torch.arange(6, device=hit.device)  # c * 3 + k for x and y
     plane = ((plane // 3) * frames * 3 + plane % 3) * n_faces
     x, y = corners.contiguous().take((frame * 3 * n_faces + face)[None] + plane[:, None]).view(2, 3, -1)
-    setup = _triangle_setup(x, y, _forward_edges(faces).index_select(1, face))
+    setup = _triangle_setup(x.unbind(0), y.unbind(0), _forward_edges(faces).index_select(1, face))
     dtype = corners.dtype
     px = (hit % width).to(dtype)
     py = (hit // width % (pix_to_face.numel() // frames // width)).to(dtype)
@@ -585,16 +592,18 @@ def rasterize_reference(
             v = verts_px[b, ids]  # (3, 3)
             if not torch.isfinite(v).all():
                 continue
-            weights, include = [], []
+            weights, include, parts = [], [], []
             for k in range(3):
                 i, j = ids[(k + 1) % 3], ids[(k + 2) % 3]  # edge opposite vertex k runs i -> j
                 lo, hi = (i, j) if i < j else (j, i)
                 a, c = verts_px[b, lo, :2], verts_px[b, hi, :2]
-                e = (px - a[0]) * (c[1] - a[1]) - (py - a[1]) * (c[0] - a[0])
+                x_part, y_part = (px - a[0]) * (c[1] - a[1]), (py - a[1]) * (c[0] - a[0])
+                e = x_part - y_part
                 e_vertex = (v[k, 0] - a[0]) * (c[1] - a[1]) - (v[k, 1] - a[1]) * (c[0] - a[0])
                 sign = 1.0 if i < j else -1.0
                 weights.append(sign * e)
                 include.append((sign, c - a))
+                parts.append((sign, x_part, y_part))
                 if k == 0:
                     area2 = sign * e_vertex
             if area2 == 0 or (cull_backfaces and area2 < 0):
@@ -609,7 +618,15 @@ def rasterize_reference(
                 inside &= (wk > 0) | ((wk == 0) & on_edge_ok)
             w0, w1, w2 = (orient * weights[k] for k in range(3))  # each (H, W)
             w_sum = w0 + w1 + w2
-            depth = (w0 * v[0, 2] + w1 * v[1, 2] + w2 * v[2, 2]) / w_sum + 0.0
+            # The plane depth of the module docstring: w_k = u_k - v_k.
+            u = [orient * sign * x_part for sign, x_part, _ in parts]
+            v_y = [orient * sign * y_part for sign, _, y_part in parts]
+            z, area = v[:, 2], orient * area2
+            depth = (
+                (z[0] * u[0] + z[1] * u[1] + z[2] * u[2]) / area
+                - (z[0] * v_y[0] + z[1] * v_y[1] + z[2] * v_y[2]) / area
+                + 0.0
+            )
             nearer = inside & (depth > zbuf[b])
             pix_to_face[b][nearer] = f
             zbuf[b][nearer] = depth[nearer]

@@ -111,6 +111,15 @@ def test_torch_and_numpy_vertices_agree_and_subsets_match(ict_model):
     ex_t = torch.from_numpy(expression).double().requires_grad_()
     tm(id_t, ex_t, vertex_ids=ids).sum().backward()
     assert id_t.grad.abs().sum() > 0 and ex_t.grad.abs().sum() > 0
+    # One identity for every frame (a video, computed once) gives each frame's vertices; equal rows that
+    # need gradients each get their own.
+    shared = torch.from_numpy(identity[:1]).double().expand(3, -1)
+    for b in range(3):
+        expected = ict_model.vertices(identity[0], expression[b])
+        np.testing.assert_allclose(tm(shared, torch.from_numpy(expression))[b].numpy(), expected, atol=1e-4)
+    equal_rows = torch.zeros(3, 100, dtype=torch.float64, requires_grad=True)
+    tm(equal_rows, torch.from_numpy(expression).double()).sum().backward()
+    assert (equal_rows.grad.abs().sum(1) > 0).all()
 
 
 def test_landmarks_land_on_the_expected_features_of_the_mean_face(ict_model):
