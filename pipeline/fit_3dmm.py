@@ -6,8 +6,8 @@
   (``model.camera.project``), in units of the video's inter-ocular distance ``d`` (median over frames of
   the distance between outer eye corners 36 and 45) and averaged over frames:
   ``E_l = 1/T sum_t sum_k v_tk |x_tk(id, exp_t, cam_t) - l_tk|^2 / d^2`` with visibility ``v_tk`` in [0, 1].
-- ``E_pr``: quadratic prior ``w_id |id|^2 + w_exp 1/T sum_t |exp_t|^2`` (identity at unit variance, ICT
-  blendshape weights towards neutral).
+- ``E_pr``: quadratic prior ``w_id |id|^2 + w_asym id^T G id + w_exp 1/T sum_t |exp_t|^2`` (identity at
+  unit variance, its left-right asymmetry (below), ICT blendshape weights towards neutral).
 - ``E_sm``: ``1/T sum_t |exp_{t-1} - 2 exp_t + exp_{t+1}|^2``, second temporal differences; extended
   here (``pose_smooth_scale``, 0 = the paper's per-frame cameras) by the same term on the unitless pose
   ``q = (pitch, yaw, roll, tx / d, ty / d, log scale)``, which the camera step then solves for jointly.
@@ -22,6 +22,17 @@ estimate projected to a scaled rotation, then Gauss-Newton on the exact reprojec
 With cameras fixed the energy is a linear least-squares problem in (identity, expression) with box bounds,
 ``ShapeProblem``, solved by one of two solvers that reach the same minimum: the generic reference
 ``pipeline.fit_reference_lsq`` and the structure-exploiting ``pipeline.fit_structured``.
+
+Asymmetry prior: ``id^T G id`` is the mean squared antisymmetric part (cm^2) of the identity's
+displacement of the surface (``identity_asymmetry_gram``). A 2D detector's landmarks of a turned head
+are biased (towards its frontal mean shape, and by the perspective the camera model leaves out) in a
+way that depends on the sign of the yaw. Within one head pose that bias cannot be told apart from a
+lopsided face, so on a clip (or half clip) turned mostly to one side the PCA prior alone let the
+identity absorb it: on the shared clip turned left in its first half and right in its second, 74% of
+the difference between the halves' identities was antisymmetric (5% for random N(0, I) differences,
+at most 24% on the other 13 clips), and the halves were further apart than other people's clips. With
+``w_asymmetry = 1`` the halves of every shared clip agree (benchmarks/fit_quality.py) at the same
+landmark error; real faces are nearly symmetric, so the prior costs little elsewhere.
 
 Jawline: 2D detectors put landmarks 0-7 and 9-16 on the face's silhouette. Each of those has two
 candidate vertices (the model's ``landmarks`` and its ``jaw_right``/``jaw_left`` substitute, further back
@@ -39,6 +50,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import spsolve
+from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
 from model.camera import CAMERA_DIM, PITCH, ROLL, SCALE, TX, TY, euler_to_matrix, matrix_to_euler
@@ -71,6 +83,9 @@ class FitConfig:
     # Weight of the pose's second differences (radians, translation / d, log scale) relative to the
     # expression's inside E_sm; 0 leaves the cameras per frame as in the paper's Eq. (2).
     pose_smooth_scale: float = 300.0  # on the shared clips: pose jitter /3-4, landmark error +0.5%
+    # Prior on the identity's left-right asymmetry, per cm^2 of mean squared antisymmetric displacement of
+    # the surface (identity_asymmetry_gram): see the module docstring; 0 = the PCA prior alone.
+    w_asymmetry: float = 1.0
     identity_bound_std: float = 3.0  # box |id_k| <= this many standard deviations
     iterations: int = 10  # camera <-> shape alternations (error still drops ~0.1% IOD from 6 to 10)
     camera_gauss_newton_steps: int = 4
@@ -132,10 +147,17 @@ class ShapeProblem:
     w_smooth: float
     identity_bounds: np.ndarray
     expression_bounds: np.ndarray
+    identity_asymmetry: np.ndarray | None = None  # (N_id, N_id) weighted asymmetry prior, or none
 
     @property
     def n_frames(self) -> int:
         return self.jac_expression.shape[0]
+
+    @functools.cached_property
+    def identity_precision(self) -> np.ndarray:
+        """The identity prior's quadratic form (N_id, N_id): w_id I + the asymmetry prior."""
+        prior = self.w_identity * np.eye(self.jac_identity.shape[-1])
+        return prior if self.identity_asymmetry is None else prior + self.identity_asymmetry
 
     def energy_terms(self, identity: np.ndarray, expression: np.ndarray) -> dict[str, float]:
         """Weighted terms of Eq. (2): identity (N_id,), expression (T, N_exp) -> landmark, prior, smooth."""
@@ -143,7 +165,9 @@ class ShapeProblem:
         d2 = second_difference(expression)
         return {
             "landmark": float(np.sum(residual**2)),
-            "prior": float(self.w_identity * identity @ identity + self.w_expression * np.sum(expression**2)),
+            "prior": float(
+                identity @ self.identity_precision @ identity + self.w_expression * np.sum(expression**2)
+            ),
             "smooth": float(self.w_smooth * np.sum(d2**2)),
         }
 
@@ -452,6 +476,33 @@ class LandmarkBasis:
         return np.where(choice == 1, self.alternative_ids[None], self.standard_ids[None])
 
 
+# identity_asymmetry_gram per model (the model is kept referenced, so its id stays unique).
+_ASYMMETRY_CACHE: dict[int, tuple[MorphableModel, np.ndarray]] = {}
+
+
+def identity_asymmetry_gram(model: MorphableModel) -> np.ndarray:
+    """G (N_id, N_id) with id^T G id = mean over surface vertices of |(U id - mirror(U id)) / 2|^2, cm^2.
+
+    mirror(v) reflects a displacement field in the model's x = 0 plane (vertex i takes the reflected
+    offset of the vertex nearest to i's mirror image in the mean shape), so G measures the antisymmetric
+    part of the identity's displacement. Computed once per model (about 0.1 s).
+    """
+    cached = _ASYMMETRY_CACHE.get(id(model))
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    surface = model.mean[: model.surface_vertex_count].astype(np.float64)
+    _, mirror = cKDTree(surface).query(surface * np.array([-1.0, 1.0, 1.0]))
+    basis = model.identity_basis[:, : model.surface_vertex_count].astype(np.float64)  # (N_id, S, 3)
+    anti = 0.5 * (basis - basis[:, mirror] * np.array([-1.0, 1.0, 1.0]))
+    anti = anti.reshape(len(basis), -1)
+    gram = anti @ anti.T / len(surface)
+    gram.setflags(write=False)
+    if len(_ASYMMETRY_CACHE) >= 4:
+        _ASYMMETRY_CACHE.clear()
+    _ASYMMETRY_CACHE[id(model)] = (model, gram)
+    return gram
+
+
 def build_shape_problem(
     basis: LandmarkBasis,
     choice: np.ndarray,
@@ -462,6 +513,7 @@ def build_shape_problem(
     config: FitConfig,
     identity_bounds: np.ndarray,
     expression_bounds: np.ndarray,
+    identity_asymmetry: np.ndarray | None = None,
 ) -> ShapeProblem:
     """Linearises the projection for fixed cameras and contour choice (exact: the model is linear).
 
@@ -496,6 +548,7 @@ def build_shape_problem(
         w_smooth=config.w_smooth / n_frames,
         identity_bounds=identity_bounds,
         expression_bounds=expression_bounds,
+        identity_asymmetry=identity_asymmetry,
     )
 
 
@@ -555,6 +608,7 @@ def _fit_video(
     basis = LandmarkBasis.from_model(model, config.jaw_contour)
     identity_bounds = np.tile([-config.identity_bound_std, config.identity_bound_std], (model.n_identity, 1))
     expression_bounds = model.expression_bounds.astype(np.float64)
+    asymmetry = config.w_asymmetry * identity_asymmetry_gram(model) if config.w_asymmetry > 0 else None
     identity = np.zeros(model.n_identity)
     expression = np.clip(np.zeros((n_frames, model.n_expression)), *expression_bounds.T)
 
@@ -581,7 +635,16 @@ def _fit_video(
         choice = basis.choose(candidates, camera)
         # Shape step (cameras fixed): bounded linear least squares.
         problem = build_shape_problem(
-            basis, choice, camera, landmarks_px, weights, iod, config, identity_bounds, expression_bounds
+            basis,
+            choice,
+            camera,
+            landmarks_px,
+            weights,
+            iod,
+            config,
+            identity_bounds,
+            expression_bounds,
+            asymmetry,
         )
         identity, expression, its = solve_shape(problem, identity, expression, config.solver)
         solver_iterations += its

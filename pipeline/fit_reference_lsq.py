@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 def stacked_system(problem: ShapeProblem) -> tuple[sp.csr_matrix, np.ndarray]:
     """The energy as |M x - b|^2 with x = [identity (N_id), expression (T * N_exp), frame-major].
 
-    Rows: landmark rows of every frame, sqrt(w_id) I, sqrt(w_exp) I, sqrt(w_sm) (D2 kron I) with D2 the
-    (T-2, T) second-difference matrix. -> M (rows, N_id + T N_exp) CSR, b (rows,).
+    Rows: landmark rows of every frame, L^T with L L^T = ``problem.identity_precision`` (w_id I plus the
+    asymmetry prior), sqrt(w_exp) I, sqrt(w_sm) (D2 kron I) with D2 the (T-2, T) second-difference
+    matrix. -> M (rows, N_id + T N_exp) CSR, b (rows,).
     """
     a, b_exp, y = problem.jac_identity, problem.jac_expression, problem.target
     t, r, n_id = a.shape
@@ -30,7 +31,7 @@ def stacked_system(problem: ShapeProblem) -> tuple[sp.csr_matrix, np.ndarray]:
     data = sp.hstack([sp.csr_matrix(a.reshape(t * r, n_id)), sp.block_diag(list(b_exp), format="csr")])
     blocks = [
         data,
-        sp.hstack([np.sqrt(problem.w_identity) * sp.identity(n_id), sp.csr_matrix((n_id, t * n_exp))]),
+        sp.hstack([np.linalg.cholesky(problem.identity_precision).T, sp.csr_matrix((n_id, t * n_exp))]),
     ]
     blocks.append(
         sp.hstack([sp.csr_matrix((t * n_exp, n_id)), np.sqrt(problem.w_expression) * sp.identity(t * n_exp)])

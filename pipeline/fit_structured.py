@@ -46,18 +46,19 @@ class StructuredSolverConfig:
 class _ArrowSolver:
     """Solves (H_f + diag(rho)) x = r for the landmark+prior Hessian H_f, identity by Schur complement.
 
-    H_f = 2 [[G_aa + w_id I, G_ea^T], [G_ea, G_ee + w_exp I]] with G_ea (T, N_exp, N_id) and G_ee
-    (T, N_exp, N_exp) per frame (identity-frame couplings, frame blocks); rho_a (N_id,), rho_e (T, N_exp).
+    H_f = 2 [[G_aa + P_id, G_ea^T], [G_ea, G_ee + w_exp I]] with G_ea (T, N_exp, N_id) and G_ee
+    (T, N_exp, N_exp) per frame (identity-frame couplings, frame blocks), P_id (N_id, N_id) the identity
+    prior's quadratic form; rho_a (N_id,), rho_e (T, N_exp).
     """
 
-    def __init__(self, g_aa, g_ea, g_ee, w_id, w_exp, rho_a, rho_e):
+    def __init__(self, g_aa, g_ea, g_ee, prior_id, w_exp, rho_a, rho_e):
         n_exp = g_ee.shape[-1]
         frame = 2.0 * (g_ee + w_exp * np.eye(n_exp)) + rho_e[:, :, None] * np.eye(n_exp)
         t, n_id = g_ea.shape[0], g_ea.shape[-1]
         frame_inv = np.linalg.inv(frame)  # (T, N_exp, N_exp)
         coupling = 2.0 * g_ea  # (T, N_exp, N_id)
         y = np.matmul(frame_inv, coupling)  # (T, N_exp, N_id)
-        schur = 2.0 * (g_aa + w_id * np.eye(n_id)) + np.diag(rho_a)
+        schur = 2.0 * (g_aa + prior_id) + np.diag(rho_a)
         schur -= coupling.reshape(-1, n_id).T @ y.reshape(-1, n_id)
         self.schur_inv = np.linalg.inv(schur)
         # The per-iteration products only read these: single precision halves the memory traffic that
@@ -121,17 +122,17 @@ def _admm(problem, identity, expression, config):
     g_aa, g_ea, g_ee, r_a, r_e = problem.gram
     lo_a, hi_a = problem.identity_bounds.T
     lo_e, hi_e = problem.expression_bounds.T
-    w_id, w_exp, w_sm = problem.w_identity, problem.w_expression, problem.w_smooth
+    prior_id, w_exp, w_sm = problem.identity_precision, problem.w_expression, problem.w_smooth
     t, n_exp = r_e.shape
 
     # Diagonal of the full Hessian 2 (G + priors + smoothness) sets the per-coordinate penalties.
     smooth_diag = np.zeros(t)
     for k, c in enumerate((1.0, 4.0, 1.0)):  # D2^T D2's diagonal: sum of squared stencil entries
         smooth_diag[k : t - 2 + k] += c
-    diag_a = 2.0 * (np.diagonal(g_aa) + w_id)
+    diag_a = 2.0 * (np.diagonal(g_aa) + np.diagonal(prior_id))
     diag_e = 2.0 * (np.diagonal(g_ee, axis1=1, axis2=2) + w_exp + w_sm * smooth_diag[:, None])
     rho_a, rho_e = config.rho * diag_a, config.rho * diag_e
-    arrow = _ArrowSolver(g_aa, g_ea, g_ee, w_id, w_exp, rho_a, rho_e)
+    arrow = _ArrowSolver(g_aa, g_ea, g_ee, prior_id, w_exp, rho_a, rho_e)
     smooth = _SmoothSolver(w_sm, rho_e) if w_sm > 0 and t >= 3 else None
 
     h_a, h_e = 2.0 * r_a, 2.0 * r_e

@@ -20,6 +20,7 @@ def _problem_at_truth(model, track, config=None, identity_bound_std=3.0):
     choice = basis.choose(basis.candidate_points(track.identity, track.expression), track.camera)
     iod = F.interocular_px(track.landmarks_px, track.weights)
     id_bounds = np.tile([-identity_bound_std, identity_bound_std], (model.n_identity, 1))
+    asymmetry = config.w_asymmetry * F.identity_asymmetry_gram(model) if config.w_asymmetry > 0 else None
     return F.build_shape_problem(
         basis,
         choice,
@@ -30,6 +31,7 @@ def _problem_at_truth(model, track, config=None, identity_bound_std=3.0):
         config,
         id_bounds,
         model.expression_bounds.astype(np.float64),
+        asymmetry,
     )
 
 
@@ -70,14 +72,18 @@ def test_camera_estimate_recovers_pose_of_turned_heads(ict_model):
 
 
 @pytest.mark.parametrize(
-    ("seed", "max_yaw_deg", "identity_bound_std", "w_smooth"),
-    [(0, 45.0, 3.0, 5e-3), (1, 20.0, 0.3, 5e-2)],  # the second makes identity bounds active
+    ("seed", "max_yaw_deg", "identity_bound_std", "w_smooth", "w_asymmetry"),
+    # The second makes identity bounds active, the third has the identity prior diagonal (no asymmetry
+    # term), the first a strong asymmetry prior.
+    [(0, 45.0, 3.0, 5e-3, 100.0), (1, 20.0, 0.3, 5e-2, 1.0), (2, 30.0, 3.0, 5e-3, 0.0)],
 )
 def test_structured_solver_matches_reference_energy(
-    ict_model, seed, max_yaw_deg, identity_bound_std, w_smooth
+    ict_model, seed, max_yaw_deg, identity_bound_std, w_smooth, w_asymmetry
 ):
     track = synthetic_track(ict_model, 6, seed=seed, max_yaw_deg=max_yaw_deg, noise_px=1.0)
-    problem = _problem_at_truth(ict_model, track, F.FitConfig(w_smooth=w_smooth), identity_bound_std)
+    config = F.FitConfig(w_smooth=w_smooth, w_asymmetry=w_asymmetry)
+    problem = _problem_at_truth(ict_model, track, config, identity_bound_std)
+    assert (problem.identity_asymmetry is None) == (w_asymmetry == 0)
     start_id, start_exp = np.zeros(ict_model.n_identity), np.zeros_like(track.expression)
     ref_id, ref_exp, _ = fit_shape_bounded_lsq(problem, start_id, start_exp)
     fast_id, fast_exp, iters = fit_shape_admm_structured(problem, start_id, start_exp)
@@ -207,3 +213,54 @@ def test_fit_video_single_image_and_two_frames(ict_model, n_frames):
     result = F.fit_video(ict_model, track.landmarks_px, track.weights, F.FitConfig(iterations=4))
     assert result.expression.shape == (n_frames, 53) and result.energy_smooth == 0.0
     assert result.mean_error_iod(track.weights).mean() < 0.03
+
+
+def test_asymmetry_gram_is_a_mirror_invariant_seminorm(ict_model):
+    gram = F.identity_asymmetry_gram(ict_model)
+    assert gram.shape == (ict_model.n_identity,) * 2 and not gram.flags.writeable
+    np.testing.assert_allclose(gram, gram.T, atol=1e-12)
+    eigenvalues = np.linalg.eigvalsh(gram)
+    assert eigenvalues.min() > -1e-12
+    # Direct evaluation on a random identity: mean squared antisymmetric displacement of the surface,
+    # the mirror partner of each vertex found by brute force on a sample of vertices.
+    identity = np.random.default_rng(0).standard_normal(ict_model.n_identity)
+    surface = ict_model.mean[: ict_model.surface_vertex_count].astype(np.float64)
+    offset = np.einsum("nvd,n->vd", ict_model.identity_basis[:, : len(surface)].astype(np.float64), identity)
+    sample = np.random.default_rng(1).choice(len(surface), 400, replace=False)
+    reflected = surface[sample] * [-1.0, 1.0, 1.0]
+    partner = np.argmin(((reflected[:, None] - surface[None]) ** 2).sum(-1), axis=1)
+    anti = 0.5 * (offset[sample] - offset[partner] * [-1.0, 1.0, 1.0])
+    direct = np.mean(np.sum(anti**2, -1))
+    assert identity @ gram @ identity == pytest.approx(direct, rel=0.25)  # 400 of ~11k vertices
+    # The prior only acts on part of identity space: most directions are nearly symmetric.
+    assert eigenvalues[-1] > 100 * np.median(eigenvalues)
+
+
+def test_asymmetry_prior_keeps_oppositely_turned_halves_together(ict_model):
+    # A detector biased towards its frontal mean shape: every landmark of a turned head is pulled a
+    # quarter of the way to where it would be at zero yaw. The first half turns left, the second right.
+    track = synthetic_track(ict_model, 40, seed=14, max_yaw_deg=25, noise_px=0.3, occluded_per_frame=0)
+    yaw = track.camera[:, YAW]
+    assert yaw[:20].max() <= 0 <= yaw[20:].min() + np.deg2rad(1)
+    basis = F.LandmarkBasis.from_model(ict_model)
+    candidates = basis.candidate_points(track.identity, track.expression)
+    choice = basis.choose(candidates, track.camera)
+    points = candidates[np.arange(40)[:, None], np.arange(68)[None], choice]
+    frontal = track.camera.copy()
+    frontal[:, YAW] = 0.0
+    biased = track.landmarks_px + 0.25 * (F.project_points(points, frontal) - track.clean_px)
+    gram = F.identity_asymmetry_gram(ict_model)
+    distance, asymmetry, errors = [], [], []
+    for w_asymmetry in (0.0, 1.0):
+        config = F.FitConfig(w_asymmetry=w_asymmetry)
+        halves = [
+            F.fit_video(ict_model, biased[part], config=config) for part in (slice(0, 20), slice(20, 40))
+        ]
+        difference = halves[0].identity - halves[1].identity
+        distance.append(np.linalg.norm(difference))
+        asymmetry.append(difference @ gram @ difference)
+        errors.append(np.mean([h.mean_error_iod().mean() for h in halves]))
+    # The bias no longer goes into a lopsided face; what is left of the distance is the halves' noise.
+    assert asymmetry[1] < 0.2 * asymmetry[0], asymmetry
+    assert distance[1] < 0.75 * distance[0], distance
+    assert errors[1] < 1.1 * errors[0] + 1e-3, errors
