@@ -1,10 +1,16 @@
 """The distributed preprocessing run on Ray Data: a thin wrapper over ``pipeline/preprocess.py``.
 
-One Ray Data row per video (the fit needs the whole video). Stages and where they run:
+One Ray Data row per video (the fit needs the whole video), through two actor-pool stages:
 
-    decode_crop (tasks) -> landmarks (actor pool, GPU when the cluster has one and the backend uses it)
-    -> fit (actor pool, CPU; the 3DMM loaded once per actor) -> render NMFC (actor pool, GPU when
-    available) -> masks + flow + shard writing (tasks)
+    decode + track + crop + landmarks   (actor pool; GPU when the landmark backend uses it)
+    -> fit + NMFC render + masks + flow + shard writing   (actor pool; the renderer on GPU when present)
+
+Why two stages of whole chains and not one pool per step: on a small machine the per-step pools were
+mostly idle or waiting (each step of each video a separate scheduling round and an object-store copy of
+the frames), and every extra process pays the torch / MTCNN / dlib / 3DMM start-up again. Two stages keep
+the GPU-capable steps in actor pools (models loaded once per actor), move the crops through the object
+store once, and size both pools to fill every core (``RayConfig``). Each actor runs its numerical
+libraries on ``threads_per_actor`` threads, so that the actors sharing a node do not oversubscribe it.
 
 Work already done with the same config hash (a record exists) is skipped before Ray starts. Each video's
 shard is written before its record, both under deterministic names, so a task retried after a worker
@@ -34,16 +40,19 @@ class RayConfig:
 
     address: None joins the cluster of ``RAY_ADDRESS`` (set by ``ray job submit``) or starts a local
         Ray; "auto" joins a running local cluster; or a ``ray://`` / GCS address.
-    num_cpus: logical CPUs of a new local Ray; None gives 2 x the cores, so that actor pools on a small
-        machine do not starve the read and write tasks.
-    *_actors: actor pool sizes (capped: each actor holds a model).
+    num_cpus: logical CPUs of a new local Ray; None gives 2 x the cores, so that both stages' pools can
+        hold one actor per core and no core idles while one stage waits on the other.
+    landmark_actors, render_actors: actors of the decode+landmarks and the fit+render+write pools
+        (each holds its models; never more than there are videos); None: half the cluster's logical
+        CPUs each.
+    threads_per_actor: torch / OpenCV threads inside each actor.
     """
 
     address: str | None = None
     num_cpus: int | None = None
-    landmark_actors: int = 1
-    fit_actors: int = 1
-    render_actors: int = 1
+    landmark_actors: int | None = None
+    render_actors: int | None = None
+    threads_per_actor: int = 1
 
 
 @dataclass(frozen=True)
@@ -52,46 +61,67 @@ class PreprocessJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def _decode_crop(row: dict, cfg: PreprocessConfig) -> dict:
-    return preprocess.guarded("decode_crop", lambda r: preprocess.decode_crop(r, cfg))(row)
+def _limit_threads(threads: int) -> None:
+    """One actor's share of its node: torch and OpenCV thread pools of ``threads`` threads."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
 
-class _Landmarks:
-    def __init__(self, cfg: PreprocessConfig) -> None:
-        self.run = preprocess.guarded("landmarks", lambda row: preprocess.landmarks(row, cfg))
+class _DecodeLandmarks:
+    """Stage 1 actor: decode, face track and crops, then landmarks (detector models loaded once)."""
+
+    def __init__(self, cfg: PreprocessConfig, threads: int) -> None:
+        _limit_threads(threads)
+        self.stages = (
+            preprocess.guarded("decode_crop", lambda row: preprocess.decode_crop(row, cfg)),
+            preprocess.guarded("landmarks", lambda row: preprocess.landmarks(row, cfg)),
+        )
 
     def __call__(self, row: dict) -> dict:
-        return self.run(row)
+        for stage in self.stages:
+            row = stage(row)
+        return row
 
 
-class _Fit:
-    def __init__(self, cfg: PreprocessConfig) -> None:
-        model = load_morphable_model(cfg.model.path)
-        self.run = preprocess.guarded("fit", lambda row: preprocess.fit(row, cfg, model))
+class _FitRenderWrite:
+    """Stage 2 actor: 3DMM fit, NMFC rendering, masks, flow, the shard and the record (written last).
 
-    def __call__(self, row: dict) -> dict:
-        return self.run(row)
+    Returns the video's small record, so no frame data travels back to the driver.
+    """
 
-
-class _Render:
-    def __init__(self, cfg: PreprocessConfig) -> None:
+    def __init__(self, cfg: PreprocessConfig, output: str, cfg_hash: str, threads: int) -> None:
         import torch
 
+        _limit_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        renderer = NmfcRenderer(load_morphable_model(cfg.model.path), cfg.render, device=device)
-        self.run = preprocess.guarded("render", lambda row: preprocess.render(row, renderer))
+        model = load_morphable_model(cfg.model.path)
+        renderer = NmfcRenderer(model, cfg.render, device=device)
+        self.output, self.cfg_hash = output, cfg_hash
+        self.stages = (
+            preprocess.guarded("fit", lambda row: preprocess.fit(row, cfg, model)),
+            preprocess.guarded("render", lambda row: preprocess.render(row, renderer)),
+            preprocess.guarded("write", lambda row: preprocess.masks_flow_write(row, cfg, output)),
+        )
 
     def __call__(self, row: dict) -> dict:
-        return self.run(row)
+        for stage in self.stages:
+            row = stage(row)
+        seconds = sum(json.loads(row[preprocess.ROW_STAGE_SECONDS]).values())
+        record = preprocess.record_of(row, self.cfg_hash, seconds)
+        shard_writer.write_record(self.output, record)
+        return record
 
 
-def _finish(row: dict, cfg: PreprocessConfig, output: str, cfg_hash: str) -> dict:
-    """Masks, flow and writing; returns the video's small record and writes it last."""
-    row = preprocess.guarded("write", lambda r: preprocess.masks_flow_write(r, cfg, output))(row)
-    seconds = sum(json.loads(row[preprocess.ROW_STAGE_SECONDS]).values())
-    record = preprocess.record_of(row, cfg_hash, seconds)
-    shard_writer.write_record(output, record)
-    return record
+def _pool(actors: int, videos: int):
+    """A fixed pool of ``actors`` actors (never more than there are videos), all started at once so no
+    core waits for a pool to grow; one video in flight per actor, so none queues videos while another
+    idles."""
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=max(1, min(actors, videos)), max_tasks_in_flight_per_actor=1)
 
 
 def _init_ray(cfg: RayConfig):
@@ -145,31 +175,26 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
     processed: set[str] = set()
     if todo:
         ray = _init_ray(cfg.ray)
-        from ray.data import ActorPoolStrategy
-
-        gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
+        resources = ray.cluster_resources()
+        gpu = float(resources.get("GPU", 0)) > 0
+        auto_actors = max(1, int(resources.get("CPU", 1)) // 2)
         p = cfg.preprocess
         items = [preprocess.new_row(s) for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map(_decode_crop, fn_kwargs={"cfg": p}, num_cpus=1)
         ds = ds.map(
-            _Landmarks,
-            fn_constructor_args=(p,),
-            compute=ActorPoolStrategy(size=cfg.ray.landmark_actors),
-            num_cpus=1,
+            _DecodeLandmarks,
+            fn_constructor_args=(p, cfg.ray.threads_per_actor),
+            compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
+            num_cpus=cfg.ray.threads_per_actor,
             num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
         )
         ds = ds.map(
-            _Fit, fn_constructor_args=(p,), compute=ActorPoolStrategy(size=cfg.ray.fit_actors), num_cpus=1
-        )
-        ds = ds.map(
-            _Render,
-            fn_constructor_args=(p,),
-            compute=ActorPoolStrategy(size=cfg.ray.render_actors),
-            num_cpus=1,
+            _FitRenderWrite,
+            fn_constructor_args=(p, output, cfg_hash, cfg.ray.threads_per_actor),
+            compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
+            num_cpus=cfg.ray.threads_per_actor,
             num_gpus=0.5 if gpu else 0,
         )
-        ds = ds.map(_finish, fn_kwargs={"cfg": p, "output": output, "cfg_hash": cfg_hash}, num_cpus=1)
         for k, record in enumerate(ds.iter_rows(), start=1):
             processed.add(record["video_id"])
             outcome = (
