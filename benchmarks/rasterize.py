@@ -18,7 +18,8 @@ thread and with all threads, on CPU (and CUDA when a device is present):
 time, which is what one thread costs when other processes share the cores (with several threads it sums
 them), and ``*_fps_best_cpu_time`` the best repeat by CPU time.
 
-Poses are random and realistic (head about 80 % of the image height, yaw up to +-35 degrees). Each
+The process keeps freed memory for reuse (``infra.memory.retain_freed_memory``), as the preprocessing
+workers do. Poses are random and realistic (head about 80 % of the image height, yaw up to +-35 degrees). Each
 number is the median over repeats of at least ``--seconds``. The machine's other load changes them; the
 JSON records the load average next to them.
 """
@@ -34,6 +35,7 @@ import time
 import numpy as np
 import torch
 
+from infra.memory import retain_freed_memory
 from model.camera import make_camera
 from model.morphable_model import load_morphable_model
 from pipeline.nmfc import NmfcConfig, NmfcRenderer
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="3DMM path (default: the ICT model in ../shared)")
     args = parser.parse_args()
 
+    allocator_retains = retain_freed_memory()  # as the preprocessing workers run
     model = load_morphable_model(args.model)
     all_threads = os.cpu_count() or 1
     params = random_parameters(model, max(args.batches), args.size)
@@ -130,6 +133,7 @@ def main() -> None:
         "cpu_count": all_threads,
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "pytorch3d_available": pytorch3d_available(),
+        "retain_freed_memory": allocator_retains,
         "cpu_results": {},
     }
     for threads in sorted({1, all_threads}):
