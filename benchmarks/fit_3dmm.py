@@ -31,7 +31,13 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from model.morphable_model import load_morphable_model
-from pipeline.fit_3dmm import FitConfig, LandmarkBasis, build_shape_problem, fit_video
+from pipeline.fit_3dmm import (
+    FitConfig,
+    LandmarkBasis,
+    build_shape_problem,
+    fit_video,
+    identity_asymmetry_gram,
+)
 from pipeline.fit_reference_lsq import fit_shape_bounded_lsq
 from pipeline.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
 from pipeline.synthetic_landmarks import synthetic_track
@@ -67,6 +73,7 @@ def shape_problem_at(model, result, landmarks_px, weights, config: FitConfig, fr
         config,
         np.tile([-bound, bound], (model.n_identity, 1)),
         model.expression_bounds.astype(np.float64),
+        config.w_asymmetry * identity_asymmetry_gram(model) if config.w_asymmetry > 0 else None,
     )
 
 

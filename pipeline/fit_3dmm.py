@@ -708,6 +708,7 @@ __all__ = [
     "build_shape_problem",
     "estimate_camera_affine",
     "fit_video",
+    "identity_asymmetry_gram",
     "interocular_px",
     "project_points",
     "refine_camera_gauss_newton",
