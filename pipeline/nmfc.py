@@ -15,7 +15,7 @@ in the NMFC image exactly where the fit's projection puts it, and NMFC, crop and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -36,12 +36,14 @@ class NmfcRasterizeConfig(RasterizeConfig):
 
     Back faces are culled: the 3DMM surface is open at the eyes, the mouth and the neck, and without
     culling those holes would show the inside of the back of the head (colours of the wrong surface
-    points); culled, they stay background. It also halves the rasteriser's work. Barycentrics are not
-    computed: the colours need only ``pix_to_face``.
+    points); culled, they stay background. It also halves the rasteriser's work. The colours need only
+    ``pix_to_face``: no barycentrics, no depth, and int32 face ids.
     """
 
     cull_backfaces: bool = True
     barycentrics: bool = False
+    zbuf: bool = False
+    index_dtype: Literal["int64", "int32"] = "int32"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ class NmfcImages(NamedTuple):
     image (B, H, W, 3) float32 in [0, 1]: NMFC colour of the visible triangle, 0 on the background; or
         uint8 (the same colours times 255, rounded: ``nmfc_to_uint8``) when rendered with ``uint8=True``.
     mask (B, H, W) bool: pixels covered by the head surface (the visibility mask).
-    pix_to_face (B, H, W) int64: visible triangle per pixel, -1 on the background.
+    pix_to_face (B, H, W) int32 (the renderer's ``rasterize.index_dtype``): visible triangle per pixel, -1
+        on the background.
     """
 
     image: torch.Tensor
@@ -88,7 +91,7 @@ def triangle_colors(normalized_mean_coords: np.ndarray | torch.Tensor, faces: np
 def encode_nmfc(pix_to_face: torch.Tensor, colors: torch.Tensor, uint8: bool = False) -> NmfcImages:
     """NMFC images from the rasteriser's visible faces.
 
-    pix_to_face (B, H, W) int64, -1 where empty; colors (F, 3) float32 per-triangle NMFC colours.
+    pix_to_face (B, H, W) int32 or int64, -1 where empty; colors (F, 3) float32 per-triangle NMFC colours.
     uint8: return the image as uint8 (``nmfc_to_uint8`` of the float image, bit for bit), the stored format.
     """
     # Row 0 of the table is the background colour, so face f is row f + 1 and -1 lands on row 0.

@@ -63,26 +63,33 @@ class RasterizeConfig:
         backend; batches are split by frames to stay under it (memory ~ 60 bytes per candidate).
     barycentrics: compute ``Fragments.bary_coords`` (None when False; NMFC colours need only
         ``pix_to_face``, and skipping them saves a third of the output memory traffic).
+    zbuf: return ``Fragments.zbuf`` (None when False).
+    index_dtype: dtype of ``Fragments.pix_to_face``; int32 halves the memory traffic of this image-sized
+        output (torch's gathers take either).
     """
 
     backend: Backend = "auto"
     cull_backfaces: bool = False
     max_candidates: int = 4_000_000
     barycentrics: bool = True
+    zbuf: bool = True
+    index_dtype: Literal["int64", "int32"] = "int64"
 
 
 class Fragments(NamedTuple):
     """Rasteriser output for B images of H x W pixels.
 
-    pix_to_face (B, H, W) int64: index into ``faces`` of the visible triangle, -1 where empty.
-    zbuf (B, H, W) float (dtype of the vertices): depth in pixels of the visible surface, -inf where empty.
+    pix_to_face (B, H, W) int64 (``RasterizeConfig.index_dtype``): index into ``faces`` of the visible
+        triangle, -1 where empty.
+    zbuf (B, H, W) float (dtype of the vertices): depth in pixels of the visible surface, -inf where empty;
+        None when ``RasterizeConfig.zbuf`` is False.
     bary_coords (B, H, W, 3) float: weights of the triangle's vertices ``faces[f, 0..2]`` at the pixel
         centre (they sum to 1), -1 where empty; None when ``RasterizeConfig.barycentrics`` is False. The
         torch backend returns a permuted view of a (3, B, H, W) buffer: use ``.reshape``, not ``.view``.
     """
 
     pix_to_face: torch.Tensor
-    zbuf: torch.Tensor
+    zbuf: torch.Tensor | None
     bary_coords: torch.Tensor | None
 
 
@@ -123,7 +130,11 @@ def rasterize(
             return _rasterize_torch(verts_px, faces, (height, width), config)
         if backend == "pytorch3d":
             fragments = rasterize_pytorch3d(verts_px, faces, (height, width), config.cull_backfaces)
-            return fragments if config.barycentrics else fragments._replace(bary_coords=None)
+            return Fragments(
+                fragments.pix_to_face.to(getattr(torch, config.index_dtype)),
+                fragments.zbuf if config.zbuf else None,
+                fragments.bary_coords if config.barycentrics else None,
+            )
     raise ValueError(f"unknown rasterizer backend {config.backend!r}; use 'auto', 'torch' or 'pytorch3d'")
 
 
@@ -292,7 +303,7 @@ def _rasterize_torch(
     batch, n_faces = verts_px.shape[0], faces.shape[0]
     device, dtype = verts_px.device, verts_px.dtype
     if batch == 0 or n_faces == 0:
-        return _empty_fragments(batch, height, width, device, dtype, config.barycentrics)
+        return _empty_fragments(batch, height, width, device, dtype, config)
     if n_faces >= 2**31:
         raise ValueError(f"at most 2**31 - 1 faces are supported, got {n_faces}")
     faces = faces.to(device=device, dtype=torch.int64)
@@ -404,13 +415,13 @@ def _rasterize_frames(
             pixel, member, depth = (t.index_select(0, keep) for t in (pixel, member, depth))
         # +0.0 turns -0.0 into +0.0 for the keys.
         zbuffer.add(pixel, depth + 0.0, face.index_select(0, member))
-    pix_to_face, zbuf = zbuffer.result()
+    pix_to_face, zbuf = zbuffer.result(config.zbuf, getattr(torch, config.index_dtype))
     shape = (frames, height, width)
     bary = None
     if config.barycentrics:
         bary = _barycentrics(corners[:, first : first + frames], faces, pix_to_face, width)
         bary = bary.view(3, *shape).permute(1, 2, 3, 0)  # a (B, H, W, 3) view (use .reshape, not .view)
-    return Fragments(pix_to_face.view(shape), zbuf.view(shape), bary)
+    return Fragments(pix_to_face.view(shape), None if zbuf is None else zbuf.view(shape), bary)
 
 
 class _ZBuffer:
@@ -440,15 +451,23 @@ class _ZBuffer:
         bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
         self.best.scatter_reduce_(0, pixel, (bits.long() << 32) | (self.n_faces - 1 - face), "amax")
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """pix_to_face (P,) int64 (-1 where empty) and zbuf (P,) (-inf where empty)."""
+    def result(self, with_zbuf: bool, index_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pix_to_face (P,) of index_dtype (-1 where empty) and zbuf (P,) (-inf where empty; None when
+        not ``with_zbuf``)."""
         if self.packed:
             low, high = self.best.view(torch.int32).view(-1, 2).unbind(1)  # little-endian words
             if sys.byteorder == "big":
                 low, high = high, low
-            pix_to_face = (self.n_faces - 1 - low).long()
+            pix_to_face = (self.n_faces - 1 - low).to(index_dtype)
+            if not with_zbuf:
+                return pix_to_face, None
             bits = high ^ ((high >> 31) & 0x7FFFFFFF)  # the flip is its own inverse
             return pix_to_face, bits.view(torch.float32)
+        pix_to_face, zbuf = self._two_pass()
+        return pix_to_face.to(index_dtype), zbuf if with_zbuf else None
+
+    def _two_pass(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Non-float32 depths: the largest depth per pixel, then the lowest face among those."""
         pix_to_face = torch.full((self.n_pixels,), -1, dtype=torch.int64, device=self.device)
         zbuf = torch.full((self.n_pixels,), float("-inf"), dtype=self.dtype, device=self.device)
         if not self.candidates:
@@ -488,13 +507,19 @@ def _barycentrics(corners: torch.Tensor, faces: torch.Tensor, pix_to_face: torch
 
 
 def _empty_fragments(
-    batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype, barycentrics: bool = True
+    batch: int,
+    height: int,
+    width: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    config: RasterizeConfig = RasterizeConfig(),
 ) -> Fragments:
+    """Fragments of B empty images with the outputs ``config`` asks for."""
     shape = (batch, height, width)
     return Fragments(
-        torch.full(shape, -1, dtype=torch.int64, device=device),
-        torch.full(shape, float("-inf"), dtype=dtype, device=device),
-        torch.full((*shape, 3), -1.0, dtype=dtype, device=device) if barycentrics else None,
+        torch.full(shape, -1, dtype=getattr(torch, config.index_dtype), device=device),
+        torch.full(shape, float("-inf"), dtype=dtype, device=device) if config.zbuf else None,
+        torch.full((*shape, 3), -1.0, dtype=dtype, device=device) if config.barycentrics else None,
     )
 
 

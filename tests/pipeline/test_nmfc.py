@@ -90,7 +90,7 @@ def _landmark_check(renderer, hoods, identity, expression, camera):
     landmarks_px = renderer.landmarks_px(identity, expression, camera)
     ncc = torch.as_tensor(renderer.model.normalized_mean_coords)
     faces = renderer.faces
-    config = dataclasses.replace(renderer.config.rasterize, barycentrics=True)
+    config = dataclasses.replace(renderer.config.rasterize, barycentrics=True, zbuf=True)
     frags = rasterize(verts_px, renderer.faces, renderer.config.image_size, config)
     assert torch.equal(frags.pix_to_face, out.pix_to_face)
     results, in_front = [], 0

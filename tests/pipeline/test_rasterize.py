@@ -249,6 +249,23 @@ def test_batch_split_by_max_candidates_gives_the_same_result():
     assert whole.pix_to_face.shape == (5, 20, 20) and whole.bary_coords.shape == (5, 20, 20, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slim_outputs_keep_the_faces(dtype):
+    generator = torch.Generator().manual_seed(12)
+    verts, faces = _random_mesh(generator, 3, 30, 50, 20, 20, dtype)
+    whole = rasterize(verts, faces, (20, 20), TORCH)
+    for bary in (False, True):
+        slim = RasterizeConfig(backend="torch", barycentrics=bary, zbuf=False, index_dtype="int32")
+        out = rasterize(verts, faces, (20, 20), slim)
+        assert out.pix_to_face.dtype == torch.int32 and out.zbuf is None
+        assert torch.equal(out.pix_to_face.long(), whole.pix_to_face)
+        assert (out.bary_coords is not None) == bary
+        if bary:
+            assert torch.equal(out.bary_coords, whole.bary_coords)
+    empty = rasterize(verts, faces[:0], (20, 20), slim)
+    assert empty.pix_to_face.dtype == torch.int32 and (empty.pix_to_face == -1).all() and empty.zbuf is None
+
+
 def test_non_finite_vertices_cover_nothing():
     generator = torch.Generator().manual_seed(5)
     verts, faces = _random_mesh(generator, 1, 20, 30, 16, 16, torch.float32)
