@@ -97,11 +97,9 @@ def encode_nmfc(pix_to_face: torch.Tensor, colors: torch.Tensor, uint8: bool = F
     # Row 0 of the table is the background colour, so face f is row f + 1 and -1 lands on row 0.
     table = torch.cat([torch.zeros(1, 3, dtype=colors.dtype, device=colors.device), colors])
     index = pix_to_face + 1
-    if uint8:
-        # One int32 gather of (r, g, b, 0) bytes per pixel: 4x less memory traffic than float32 colours.
-        table = torch.from_numpy(np.pad(nmfc_to_uint8(table), ((0, 0), (0, 1))).view(np.int32))
-        rgba = table.to(pix_to_face.device).view(-1).index_select(0, index.view(-1))
-        image = rgba.view(torch.uint8).view(*pix_to_face.shape, 4)[..., :3].contiguous()
+    if uint8:  # a row gather of 3 bytes per pixel: 4x less memory traffic than float32 colours
+        table = torch.from_numpy(nmfc_to_uint8(table)).to(pix_to_face.device)
+        image = table.index_select(0, index.view(-1)).view(*pix_to_face.shape, 3)
     else:
         image = torch.nn.functional.embedding(index, table.to(pix_to_face.device))  # a fast row gather
     return NmfcImages(image, pix_to_face >= 0, pix_to_face)
