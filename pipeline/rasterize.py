@@ -20,6 +20,7 @@ larger = nearer the viewer. Rules every backend follows (``rasterize_reference``
 - Coverage uses edge functions ``E_ab(p) = (p.x - a.x) * (b.y - a.y) - (p.y - a.y) * (b.x - a.x)``,
   always evaluated from the edge's lower vertex id to its higher one and negated as needed, so the two
   triangles sharing an edge see bitwise opposite values: no gaps and no double coverage along shared edges.
+  A triangle's own arithmetic (signed area, depth sums) takes its corners in increasing vertex-id order.
 - Top-left rule: a centre strictly inside is covered; a centre exactly on an edge is covered only when the
   edge's inward normal points right (+x), or exactly down (+y) for a horizontal edge. Zero-area and
   non-finite triangles cover nothing.
@@ -139,67 +140,66 @@ def rasterize(
 
 
 # --- Shared per-triangle set-up ------------------------------------------------------------------------
+# Every triangle is handled with its corners sorted by vertex id (a < b < c, corners 0, 1, 2), so each
+# edge's canonical anchor (its lower id) is known without a per-triangle choice: edge 0 (opposite corner 0)
+# runs 1 -> 2, edge 1 runs 0 -> 2, edge 2 runs 0 -> 1, each from its anchor. ``winding`` (+1 / -1) says
+# whether sorting kept the face's own corner order (an even permutation) or reversed it.
 
 
-def _canonical_edge(k: int, x, y, ids) -> tuple[torch.Tensor, ...]:
-    """Edge k (opposite corner k, running from corner i = k+1 to corner j = k+2) in canonical form.
+class SortedFaces(NamedTuple):
+    """faces (F, 3) with each row's vertex ids sorted ascending; order (F, 3): the original corner slot of
+    each sorted corner; winding (F,) +1 where the sorted order is a rotation of the original, else -1."""
 
-    x, y: 3 tensors of one shape S (the corners' image coordinates); ids: 3 integer tensors broadcastable
-    to S (the corners' vertex ids). Returns the anchor ax, ay (the endpoint with the lower vertex id) and
-    dx, dy = corner j - corner i. The canonical edge function from the anchor a to the other end b,
-    ``E(p) = (p.x - a.x) * (b.y - a.y) - (p.y - a.y) * (b.x - a.x)``, times +1 where the triangle runs the
-    edge as a -> b and -1 where it runs it b -> a, equals ``(p.x - ax) * dy - (p.y - ay) * dx`` bitwise:
-    ``b - a`` and ``j - i`` differ at most by a sign, and negation is exact.
-    """
-    i, j = (k + 1) % 3, (k + 2) % 3
-    forward = ids[i] < ids[j]
-    ax, ay = torch.where(forward, x[i], x[j]), torch.where(forward, y[i], y[j])
-    return ax, ay, x[j] - x[i], y[j] - y[i]
+    faces: torch.Tensor
+    order: torch.Tensor
+    winding: torch.Tensor
 
 
-def _signed_area2(x, y, ids) -> torch.Tensor:
-    """Twice the signed image-space area (> 0: facing the camera): w_0 at corner 0, evaluated with the
-    canonical edge function like any pixel centre (see ``_triangle_setup``)."""
-    ax, ay, dx, dy = _canonical_edge(0, x, y, ids)
-    return (x[0] - ax) * dy - (y[0] - ay) * dx
+def sort_faces(faces: torch.Tensor) -> SortedFaces:
+    """Sorts every face's corners by vertex id: faces (F, 3) integer -> ``SortedFaces``."""
+    sorted_ids, order = faces.to(torch.int64).sort(1)
+    swaps = (order[:, 0] > order[:, 1]).long() + (order[:, 0] > order[:, 2]) + (order[:, 1] > order[:, 2])
+    return SortedFaces(sorted_ids, order, 1 - 2 * (swaps % 2))
+
+
+def _sorted_area2(x: Sequence[torch.Tensor], y: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Twice the signed area of the sorted triangle (corners 0 -> 1 -> 2, > 0 when clockwise in the y-down
+    image): edge 0's canonical function ``E_0(p) = (p.x - x1) * (y2 - y1) - (p.y - y1) * (x2 - x1)`` at
+    corner 0. x, y: the sorted corners' coordinates, 3 tensors of one shape. Times ``winding`` it is the
+    face's own signed area (back-face culling)."""
+    return (x[0] - x[1]) * (y[2] - y[1]) - (y[0] - y[1]) * (x[2] - x[1])
 
 
 class _TriangleSetup(NamedTuple):
-    """Edge data of T triangles as (3 edges, T) tensors (edge k is opposite corner k, so its edge function
-    is the unnormalised barycentric weight of corner k), see ``_triangle_setup``."""
+    """Edge data of T triangles as (3 edges, T) tensors (edge k is opposite sorted corner k, so its edge
+    function is the unnormalised barycentric weight of corner k), see ``_triangle_setup``."""
 
     ax: torch.Tensor  # anchor x: the edge's endpoint with the lower vertex id
     ay: torch.Tensor
-    dx: torch.Tensor  # edge vector (corner k+2 - corner k+1) times the triangle's orientation (+-1)
+    dx: torch.Tensor  # edge vector (higher id - lower id) times the inward sign (+-1)
     dy: torch.Tensor
     area: torch.Tensor  # (T,) twice the triangle's area (> 0 for non-degenerate triangles)
 
 
-def _forward_edges(faces: torch.Tensor) -> torch.Tensor:
-    """faces (F, 3) -> (3 edges, F) bool: whether edge k (corner k+1 -> corner k+2) runs from the lower
-    vertex id to the higher, i.e. whether its anchor (see ``_canonical_edge``) is corner k+1."""
-    return faces[:, [1, 2, 0]].t() < faces[:, [2, 0, 1]].t()
-
-
-def _triangle_setup(x: Sequence[torch.Tensor], y: Sequence[torch.Tensor], forward) -> _TriangleSetup:
+def _triangle_setup(x: Sequence[torch.Tensor], y: Sequence[torch.Tensor]) -> _TriangleSetup:
     """Edge functions in the canonical, orientation-normalised form used by the torch backend.
 
-    x, y: the 3 corners' coordinates, each (T,); forward: 3 bool tensors (T,), edge k's ``_forward_edges``.
-    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` is the canonical edge function of edge k (see
-    ``_canonical_edge``, which this computes with the same values) times the triangle's orientation, so it
-    is positive inside every triangle, and the two triangles sharing an edge (same anchor, opposite
-    directions) see bitwise opposite values. Written edge by edge into one buffer (no stacking copies).
+    x, y: the sorted corners' coordinates, 3 tensors (T,) each. With ``E_k`` edge k's canonical function
+    (anchor a = lower id, other end b: ``E(p) = (p.x - a.x) * (b.y - a.y) - (p.y - a.y) * (b.x - a.x)``),
+    ``w_k(p) = (p.x - ax) * dy - (p.y - ay) * dx`` equals ``E_k`` times the sign that makes it positive
+    inside the triangle, bitwise (negation is exact): the two triangles sharing an edge see bitwise
+    opposite values. The inward sign is s_k o with s = (+1, -1, +1) (the sorted triangle runs edge 1 from
+    c to a) and o the sign of ``_sorted_area2``.
     """
     ax, ay, dx, dy = edges = x[0].new_empty(4, 3, x[0].shape[0])
-    for k in range(3):
-        i, j = (k + 1) % 3, (k + 2) % 3  # edge k runs corner i -> corner j
-        torch.where(forward[k], x[i], x[j], out=ax[k])
-        torch.where(forward[k], y[i], y[j], out=ay[k])
-        torch.sub(x[j], x[i], out=dx[k])
-        torch.sub(y[j], y[i], out=dy[k])
-    area2 = (x[0] - ax[0]) * dy[0] - (y[0] - ay[0]) * dx[0]
+    for k, (lo, hi) in enumerate(((1, 2), (0, 2), (0, 1))):
+        ax[k], ay[k] = x[lo], y[lo]
+        torch.sub(x[hi], x[lo], out=dx[k])
+        torch.sub(y[hi], y[lo], out=dy[k])
+    area2 = _sorted_area2(x, y)
     orientation = torch.where(area2 < 0, -1.0, 1.0).to(area2.dtype)
     edges[2:] *= orientation
+    edges[2:, 1] *= -1.0
     return _TriangleSetup(ax, ay, dx, dy, area2 * orientation)
 
 
@@ -306,8 +306,8 @@ def _rasterize_torch(
         return _empty_fragments(batch, height, width, device, dtype, config)
     if n_faces >= 2**31:
         raise ValueError(f"at most 2**31 - 1 faces are supported, got {n_faces}")
-    faces = faces.to(device=device, dtype=torch.int64)
-    corners = _gather_corners(verts_px, faces)  # (3, B, 3, F)
+    faces = sort_faces(faces.to(device=device, dtype=torch.int64))
+    corners = _gather_corners(verts_px, faces.faces)  # (3, B, 3 sorted corners, F)
     x, y = corners[0].unbind(1), corners[1].unbind(1)  # 3 corners, each (B, F)
     # Pixel-centre bounding boxes clamped to the image (x_lo..x_hi, y_lo..y_hi), each (B, F).
     x_lo = torch.ceil(torch.minimum(torch.minimum(x[0], x[1]), x[2])).clamp_(min=0)
@@ -315,7 +315,7 @@ def _rasterize_torch(
     y_lo = torch.ceil(torch.minimum(torch.minimum(y[0], y[1]), y[2])).clamp_(min=0)
     y_hi = torch.floor(torch.maximum(torch.maximum(y[0], y[1]), y[2])).clamp_(max=height - 1)
     n_x, n_y = (x_hi - x_lo + 1).clamp_(min=0), (y_hi - y_lo + 1).clamp_(min=0)
-    area2 = _signed_area2(x, y, faces.t())
+    area2 = _sorted_area2(x, y) * faces.winding  # the face's own orientation
     usable = (area2 > 0) if config.cull_backfaces else (area2 != 0)
     usable &= (n_x > 0) & (n_y > 0)
     if not bool(torch.isfinite(verts_px).all()):
@@ -375,7 +375,7 @@ def _rasterize_frames(
     )  # each 3 corners of (T,)
     x_lo, y_lo, n_x, n_y = (b.reshape(-1).index_select(0, tri) for b in box)
     face = tri % n_faces
-    setup = _triangle_setup(x, y, [e.index_select(0, face) for e in _forward_edges(faces)])
+    setup = _triangle_setup(x, y)
     base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     zbuffer = _ZBuffer(n_pixels, n_faces, dtype, device)
     start = 0
@@ -482,11 +482,11 @@ class _ZBuffer:
         return pix_to_face, zbuf
 
 
-def _barycentrics(corners: torch.Tensor, faces: torch.Tensor, pix_to_face: torch.Tensor, width: int):
+def _barycentrics(corners: torch.Tensor, faces: SortedFaces, pix_to_face: torch.Tensor, width: int):
     """Barycentric weights at the covered pixel centres, recomputed from their visible triangles with the
-    very expressions of the coverage test (so bitwise what it saw).
+    very expressions of the coverage test (so bitwise what it saw), in the faces' own corner order.
 
-    corners (3 coords, B, 3 corners, F); pix_to_face (B * H * W,) int64 -> (3, B * H * W), -1 where empty.
+    corners (3 coords, B, 3 sorted corners, F); pix_to_face (B * H * W,) -> (3, B * H * W), -1 where empty.
     """
     _, frames, _, n_faces = corners.shape
     hit = (pix_to_face >= 0).nonzero().squeeze(1)
@@ -496,13 +496,15 @@ def _barycentrics(corners: torch.Tensor, faces: torch.Tensor, pix_to_face: torch
     plane = torch.arange(6, device=hit.device)  # c * 3 + k for x and y
     plane = ((plane // 3) * frames * 3 + plane % 3) * n_faces
     x, y = corners.contiguous().take((frame * 3 * n_faces + face)[None] + plane[:, None]).view(2, 3, -1)
-    setup = _triangle_setup(x.unbind(0), y.unbind(0), _forward_edges(faces).index_select(1, face))
+    setup = _triangle_setup(x.unbind(0), y.unbind(0))
     dtype = corners.dtype
     px = (hit % width).to(dtype)
     py = (hit // width % (pix_to_face.numel() // frames // width)).to(dtype)
-    w = (px - setup.ax) * setup.dy - (py - setup.ay) * setup.dx  # (3, N)
+    w = (px - setup.ax) * setup.dy - (py - setup.ay) * setup.dx  # (3 sorted corners, N)
+    weights = w / (w[0] + w[1] + w[2])
+    slots = faces.order.index_select(0, face).t()  # (3, N): the face's own slot of each sorted corner
     bary = torch.full((3, pix_to_face.numel()), -1.0, dtype=dtype, device=hit.device)
-    bary.index_copy_(1, hit, w / (w[0] + w[1] + w[2]))
+    bary.index_copy_(1, hit, torch.empty_like(weights).scatter_(0, slots, weights))
     return bary
 
 
@@ -551,12 +553,13 @@ def rasterize_pytorch3d(
     verts_ndc = torch.cat([xy_ndc, (depth_top - depth + 1.0)[..., None]], -1).float()
     finite = bool(torch.isfinite(verts_px).all())
     if cull_backfaces or not finite:
-        # Our orientation test (see _triangle_setup) and finiteness, then per-frame face lists; the
+        # Our orientation test (see _sorted_area2) and finiteness, then per-frame face lists; the
         # kept faces' ids map PyTorch3D's packed face indices back below.
-        corners = _gather_corners(verts_px, faces)
+        sorted_faces = sort_faces(faces)
+        corners = _gather_corners(verts_px, sorted_faces.faces)
         keep = torch.isfinite(corners).all(0).all(1)  # (B, F)
         if cull_backfaces:
-            keep &= _signed_area2(corners[0].unbind(1), corners[1].unbind(1), faces.t()) > 0
+            keep &= _sorted_area2(corners[0].unbind(1), corners[1].unbind(1)) * sorted_faces.winding > 0
         verts_ndc = torch.nan_to_num(verts_ndc, nan=0.0, posinf=0.0, neginf=0.0)
         face_lists = [faces[k] for k in keep]
         face_ids = torch.cat([k.nonzero().squeeze(1) for k in keep])
@@ -612,40 +615,35 @@ def rasterize_reference(
         torch.arange(width, device=device, dtype=dtype),
         indexing="ij",
     )
+    rotations = ([0, 1, 2], [1, 2, 0], [2, 0, 1])
     for b in range(batch):
         for f, ids in enumerate(faces.tolist()):
-            v = verts_px[b, ids]  # (3, 3)
+            order = sorted(range(3), key=lambda k: ids[k])  # the face's corner slots by increasing id
+            v = verts_px[b, [ids[k] for k in order]]  # sorted corners (3, 3)
             if not torch.isfinite(v).all():
                 continue
-            weights, include, parts = [], [], []
-            for k in range(3):
-                i, j = ids[(k + 1) % 3], ids[(k + 2) % 3]  # edge opposite vertex k runs i -> j
-                lo, hi = (i, j) if i < j else (j, i)
-                a, c = verts_px[b, lo, :2], verts_px[b, hi, :2]
-                x_part, y_part = (px - a[0]) * (c[1] - a[1]), (py - a[1]) * (c[0] - a[0])
-                e = x_part - y_part
-                e_vertex = (v[k, 0] - a[0]) * (c[1] - a[1]) - (v[k, 1] - a[1]) * (c[0] - a[0])
-                sign = 1.0 if i < j else -1.0
-                weights.append(sign * e)
-                include.append((sign, c - a))
-                parts.append((sign, x_part, y_part))
-                if k == 0:
-                    area2 = sign * e_vertex
-            if area2 == 0 or (cull_backfaces and area2 < 0):
+            # Edge k, opposite sorted corner k, from its lower-id end a to its higher-id end c; the sorted
+            # triangle runs edges 0 and 2 that way and edge 1 backwards.
+            x_parts, y_parts, normals = [], [], []
+            for (a, c), direction in zip(((v[1], v[2]), (v[0], v[2]), (v[0], v[1])), (1.0, -1.0, 1.0)):
+                x_parts.append((px - a[0]) * (c[1] - a[1]))
+                y_parts.append((py - a[1]) * (c[0] - a[0]))
+                normals.append((direction, c[1] - a[1], -(c[0] - a[0])))
+            # Signed area of the sorted triangle (edge 0's function at corner 0), and of the face itself.
+            area2 = (v[0, 0] - v[1, 0]) * (v[2, 1] - v[1, 1]) - (v[0, 1] - v[1, 1]) * (v[2, 0] - v[1, 0])
+            own_area2 = area2 if order in rotations else -area2
+            if own_area2 == 0 or (cull_backfaces and own_area2 < 0):
                 continue
             orient = 1.0 if area2 > 0 else -1.0
+            u = [orient * d * x_part for (d, _, _), x_part in zip(normals, x_parts)]
+            v_y = [orient * d * y_part for (d, _, _), y_part in zip(normals, y_parts)]
+            w = [u[k] - v_y[k] for k in range(3)]  # each (H, W), >= 0 inside
             inside = torch.ones_like(px, dtype=torch.bool)
-            for k in range(3):
-                wk = orient * weights[k]
-                sign, d = include[k]
-                nx, ny = orient * sign * d[1], -orient * sign * d[0]  # inward normal
+            for k, (d, nx, ny) in enumerate(normals):
+                nx, ny = orient * d * nx, orient * d * ny  # inward normal
                 on_edge_ok = bool(nx > 0 or (nx == 0 and ny > 0))
-                inside &= (wk > 0) | ((wk == 0) & on_edge_ok)
-            w0, w1, w2 = (orient * weights[k] for k in range(3))  # each (H, W)
-            w_sum = w0 + w1 + w2
-            # The plane depth of the module docstring: w_k = u_k - v_k.
-            u = [orient * sign * x_part for sign, x_part, _ in parts]
-            v_y = [orient * sign * y_part for sign, _, y_part in parts]
+                inside &= (w[k] > 0) | ((w[k] == 0) & on_edge_ok)
+            # The plane depth of the module docstring.
             z, area = v[:, 2], orient * area2
             depth = (
                 (z[0] * u[0] + z[1] * u[1] + z[2] * u[2]) / area
@@ -655,5 +653,9 @@ def rasterize_reference(
             nearer = inside & (depth > zbuf[b])
             pix_to_face[b][nearer] = f
             zbuf[b][nearer] = depth[nearer]
-            bary_coords[b][nearer] = torch.stack([w0 / w_sum, w1 / w_sum, w2 / w_sum], -1)[nearer]
+            w_sum = w[0] + w[1] + w[2]
+            weights = torch.empty(height, width, 3, dtype=dtype, device=device)
+            for k in range(3):
+                weights[..., order[k]] = w[k] / w_sum  # in the face's own corner order
+            bary_coords[b][nearer] = weights[nearer]
     return Fragments(pix_to_face, zbuf, bary_coords)
