@@ -367,16 +367,17 @@ def _rasterize_frames(
     # ((c * B_all + first + b) * 3 + k) * F + f of the contiguous corners, i.e. at offset b * 3F + f of a
     # flat view starting at (c * B_all + first) * 3F + k * F; tri runs in increasing order within a group,
     # so these reads stream.
-    frame_offset = (tri // n_faces) * (3 * n_faces) + tri % n_faces
+    frame = tri // n_faces
+    face = tri - frame * n_faces
+    frame_offset = frame * (3 * n_faces) + face
     flat, n_all = corners.reshape(-1), corners.shape[1]
     x, y, z = (
         [flat[((c * n_all + first) * 3 + k) * n_faces :].index_select(0, frame_offset) for k in range(3)]
         for c in range(3)
     )  # each 3 corners of (T,)
     x_lo, y_lo, n_x, n_y = (b.reshape(-1).index_select(0, tri) for b in box)
-    face = tri % n_faces
     setup = _triangle_setup(x, y)
-    base = ((tri // n_faces) * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
+    base = (frame * height + y_lo.long()) * width + x_lo.long()  # pixel of the first centre
     zbuffer = _ZBuffer(n_pixels, n_faces, dtype, device)
     start = 0
     for g, count in enumerate(group_sizes):
