@@ -213,7 +213,10 @@ def _gather_corners(verts_px: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     """verts_px (B, V, 3), faces (F, 3) int64 -> corners (3 coords, B, 3 corners, F)."""
     batch, n_verts, _ = verts_px.shape
     coords = verts_px.permute(2, 0, 1).reshape(3 * batch, n_verts)
-    corners = coords.index_select(1, faces.t().reshape(-1))  # (3 * B, 3 * F), corner-major
+    corners = coords.new_empty(3 * batch, 3 * faces.shape[0])  # corner-major rows
+    index = faces.t().reshape(-1)
+    for row, out in zip(coords, corners):  # 1-D gathers beat one 2-D gather along dim 1 on CPU
+        torch.index_select(row, 0, index, out=out)
     return corners.view(3, batch, 3, faces.shape[0])
 
 
