@@ -49,7 +49,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.sparse.linalg import spsolve
+from scipy.linalg import solveh_banded
 from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
@@ -131,8 +131,10 @@ class FitResult:
 class ShapeProblem:
     """Eq. (2) with cameras fixed: bounded linear least squares in x = (identity, expression).
 
-        E(id, exp) = sum_t |A_t id + B_t exp_t - y_t|^2 + w_id |id|^2 + w_exp sum_t |exp_t|^2
+        E(id, exp) = sum_t |A_t id + B_t exp_t - y_t|^2 + id^T P id + w_exp sum_t |exp_t|^2
                      + w_sm sum_t |exp_{t-1} - 2 exp_t + exp_{t+1}|^2
+
+    with P = ``identity_precision`` = w_id I + ``identity_asymmetry`` (already weighted; None = 0).
 
     jac_identity A (T, R, N_id), jac_expression B (T, R, N_exp), target y (T, R) (R = 2 * 68 rows,
     already scaled by sqrt of each row's weight); w_* already include the 1/T of the per-frame average;
@@ -341,8 +343,9 @@ def smooth_cameras_gauss_newton(
     """Cameras of all frames jointly under the pose part of Eq. (2)'s E_sm (cameras per frame otherwise).
 
     Minimises 1/T sum_t [sum_k w_tk |x_tk - l_tk|^2 / d^2 + w_pose |q_{t-1} - 2 q_t + q_{t+1}|^2] over
-    q = (pitch, yaw, roll, tx / d, ty / d, log scale) by Gauss-Newton (forward-difference Jacobians, a
-    block-pentadiagonal sparse normal system) with step halving. camera (T, 7), points (T, K, 3),
+    q = (pitch, yaw, roll, tx / d, ty / d, log scale) by Gauss-Newton (Jacobians exact but for forward
+    differences of the rotation matrix; the block-pentadiagonal normal system by a banded Cholesky solve)
+    with step halving. camera (T, 7), points (T, K, 3),
     landmarks_px (T, K, 2), weights (T, K) -> camera (T, 7).
     """
     n_frames = len(camera)
@@ -350,12 +353,39 @@ def smooth_cameras_gauss_newton(
         return camera
     sqrt_w = np.sqrt(weights / (n_frames * iod_px**2))[..., None]  # (T, K, 1)
     d2 = sp.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(n_frames - 2, n_frames))
-    smooth = (w_pose / n_frames) * sp.kron(d2.T @ d2, sp.identity(6)).tocsr()
+    smooth_frames = (w_pose / n_frames) * (d2.T @ d2)  # (T, T) pentadiagonal
+    smooth = sp.kron(smooth_frames, sp.identity(6)).tocsr()
+    # Upper banded storage of the 6T x 6T normal matrix (half bandwidth 17: frames t and t +- 2 couple);
+    # the smoothness part is fixed, the per-frame 6x6 blocks are added every step.
+    half_band = 17
+    smooth_band = np.zeros((half_band + 1, 6 * n_frames))
+    for offset in range(3):
+        diagonal = np.repeat(smooth_frames.diagonal(offset), 6)
+        smooth_band[half_band - 6 * offset, 6 * offset :] = diagonal
+    smooth_band[half_band] += 1e-12
+    flip = np.array([1.0, -1.0])
 
     def residual(q):
         return ((project_points(points, _camera_from_pose(q, iod_px)) - landmarks_px) * sqrt_w).reshape(
             n_frames, -1
         )
+
+    def jacobian(q):
+        """d residual / d q (T, 2K, 6): rotation derivatives by forward differences of R, the rest exact."""
+        camera_q = _camera_from_pose(q, iod_px)
+        rotation = camera_rotation(camera_q)
+        scale = camera_q[:, SCALE, None, None, None]
+        jac = np.zeros(points.shape[:2] + (2, 6))
+        for i in range(3):
+            angles = camera_q[:, PITCH : ROLL + 1].copy()
+            angles[:, i] += eps
+            d_rotation = (euler_to_matrix(torch.from_numpy(angles)).numpy() - rotation) / eps
+            jac[..., i] = np.matmul(points, d_rotation.transpose(0, 2, 1))[..., :2] * flip
+        jac[..., :3] *= scale
+        jac[..., 0, 3] = iod_px  # x = ... + d q_3
+        jac[..., 1, 4] = iod_px
+        jac[..., 5] = scale[..., 0] * np.matmul(points, rotation.transpose(0, 2, 1))[..., :2] * flip
+        return (jac * sqrt_w[..., None]).reshape(n_frames, -1, 6)
 
     def energy(q, r):
         return float(np.sum(r**2) + q.reshape(-1) @ (smooth @ q.reshape(-1)))
@@ -363,20 +393,16 @@ def smooth_cameras_gauss_newton(
     q = _pose_params(camera, iod_px)
     r = residual(q)
     cost = energy(q, r)
-    rows = np.arange(n_frames * 6).reshape(n_frames, 6)
-    block_rows = np.repeat(rows, 6, axis=1).reshape(-1)
-    block_cols = np.tile(rows, (1, 6)).reshape(-1)
     eps = 1e-6
+    upper = [(a, a + offset) for offset in range(6) for a in range(6 - offset)]
     for _ in range(steps):
-        jac = np.empty(r.shape + (6,))
-        for i in range(6):
-            dq = q.copy()
-            dq[:, i] += eps
-            jac[..., i] = (residual(dq) - r) / eps
+        jac = jacobian(q)
         blocks = np.matmul(jac.transpose(0, 2, 1), jac)  # (T, 6, 6)
-        normal = sp.csr_matrix((blocks.reshape(-1), (block_rows, block_cols)), shape=smooth.shape) + smooth
+        band = smooth_band.copy()
+        for a, b in upper:  # entry (6t + a, 6t + b) sits in row half_band + a - b, column 6t + b
+            band[half_band + a - b, b::6] += blocks[:, a, b]
         grad = np.matmul(jac.transpose(0, 2, 1), r[..., None]).reshape(-1) + smooth @ q.reshape(-1)
-        step = -spsolve((normal + 1e-12 * sp.identity(normal.shape[0])).tocsc(), grad).reshape(n_frames, 6)
+        step = -solveh_banded(band, grad).reshape(n_frames, 6)
         for _halving in range(6):
             new_q = q + step
             new_r = residual(new_q)
