@@ -59,14 +59,17 @@ def write_videos_table(output: str, records: list[dict]) -> None:
 
 
 def summarise(records: list[dict], processed_ids: set[str], wall_s: float) -> dict:
-    """Run summary: videos ok / failed by reason (all records), what this run did, frames and frames/s."""
+    """Run summary: videos ok / failed by reason (all records), what this run did, frames and frames/s,
+    and the summed wall-clock and CPU seconds per stage of the videos processed in this run."""
     ok = [r for r in records if r["status"] == schema.STATUS_OK]
     failed = [r for r in records if r["status"] != schema.STATUS_OK]
     this_run = [r for r in records if r["video_id"] in processed_ids]
     frames_this_run = sum(int(r.get("kept_frames") or 0) for r in this_run)
     stage_totals: Counter = Counter()
+    stage_cpu_totals: Counter = Counter()
     for r in this_run:
         stage_totals.update(json.loads(r.get("stage_seconds") or "{}"))
+        stage_cpu_totals.update(json.loads(r.get("stage_cpu_seconds") or "{}"))
     return {
         "videos": len(records),
         "videos_ok": len(ok),
@@ -79,6 +82,7 @@ def summarise(records: list[dict], processed_ids: set[str], wall_s: float) -> di
         "wall_s": round(wall_s, 3),
         "frames_per_s": round(frames_this_run / wall_s, 2) if wall_s > 0 else 0.0,
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_totals.items())},
+        "stage_cpu_seconds": {k: round(v, 3) for k, v in sorted(stage_cpu_totals.items())},
     }
 
 

@@ -51,6 +51,7 @@ def test_records_table_and_summary(tmp_path):
         kept_frames=10,
         config_hash="h",
         stage_seconds=json.dumps({"fit": 1.0, "decode_crop": 2.0}),
+        stage_cpu_seconds=json.dumps({"fit": 0.75, "decode_crop": 1.5}),
     )
     bad = base | dict(
         video_id="b",
@@ -60,6 +61,7 @@ def test_records_table_and_summary(tmp_path):
         kept_frames=0,
         config_hash="h",
         stage_seconds=json.dumps({"decode_crop": 0.5}),
+        stage_cpu_seconds=json.dumps({"decode_crop": 0.25}),
     )
     for record in (bad, ok):
         shard_writer.write_record(str(tmp_path), record)
@@ -72,6 +74,8 @@ def test_records_table_and_summary(tmp_path):
     assert summary["videos_ok"] == 1 and summary["failed_by_reason"] == {"no_face": 1}
     assert summary["frames_this_run"] == 10 and summary["frames_per_s"] == 5.0
     assert summary["stage_seconds"] == {"decode_crop": 2.5, "fit": 1.0}
+    assert summary["stage_cpu_seconds"] == {"decode_crop": 1.75, "fit": 0.75}
+    assert json.loads(videos["stage_cpu_seconds"][0]) == {"fit": 0.75, "decode_crop": 1.5}
 
 
 def test_contact_sheet_layout():
