@@ -4,8 +4,12 @@
 
 Runs the real job (local Ray) over the shared clips (first F frames of each) and reports:
 - frames_per_s: kept frames / wall time of the Ray run (start-up included);
-- stage_seconds: summed time inside each stage over all videos (from the per-video records);
-- sequential_frames_per_s: the same stages run one video after another in one process (no Ray);
+- stage_seconds: summed wall-clock time inside each stage over all videos (from the per-video records);
+  where actors share cores this includes waiting for a core;
+- stage_cpu_seconds, stage_ms_per_frame_cpu: the same as CPU time of the actor process (each actor runs
+  one thread), i.e. what each stage costs regardless of the machine's other load;
+- sequential_frames_per_s: the same stages run one video after another in one process (no Ray), and
+  sequential_frames_per_cpu_s the same by this process's CPU time (one torch / OpenCV thread);
 - ray_overhead_share: 1 - (Ray frames/s) / (cores x sequential frames/s): the share of the ideal
   parallel throughput lost to scheduling, serialisation, object transfers, Ray start and idle cores;
 - mask_iou_green_screen: IoU of the foreground masks against a chroma key on liveportrait_d0 (shot on
@@ -22,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from infra.config import load_config
 from model.morphable_model import load_morphable_model
@@ -66,15 +72,19 @@ def main() -> None:
     overrides = [f"preprocess.decode.max_frames={args.max_frames}", *args.overrides]
     cfg = resolve_model(load_config(PreprocessJobConfig, None, overrides))
 
-    # Baseline: every stage in this process, one video after another.
+    # Baseline: every stage in this process, one video after another, on one thread as in an actor.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     model = load_morphable_model(cfg.preprocess.model.path)
     renderer = NmfcRenderer(model, cfg.preprocess.render)
     start = time.perf_counter()
+    start_cpu = time.process_time()
     sequential_frames = 0
     for source in discover_videos(str(manifest)):
-        record = process_video(source, cfg.preprocess, str(work / "sequential"), "baseline", model, renderer)
-        sequential_frames += record["kept_frames"]
+        records = process_video(source, cfg.preprocess, str(work / "sequential"), "baseline", model, renderer)
+        sequential_frames += sum(r["kept_frames"] for r in records)
     sequential_fps = sequential_frames / (time.perf_counter() - start)
+    sequential_cpu_fps = sequential_frames / (time.process_time() - start_cpu)
 
     start = time.perf_counter()
     summary = run_preprocess(cfg, str(manifest), str(work / "out"))
@@ -90,9 +100,15 @@ def main() -> None:
         "wall_s": round(wall_s, 2),
         "frames_per_s": round(ray_fps, 2),
         "sequential_frames_per_s": round(sequential_fps, 2),
+        "sequential_frames_per_cpu_s": round(sequential_cpu_fps, 2),
         "stage_seconds": summary["stage_seconds"],
         "stage_frames_per_s": {
             k: round(summary["frames_this_run"] / v, 1) for k, v in summary["stage_seconds"].items() if v
+        },
+        "stage_cpu_seconds": summary["stage_cpu_seconds"],
+        "stage_ms_per_frame_cpu": {
+            k: round(1000 * v / summary["frames_this_run"], 2)
+            for k, v in summary["stage_cpu_seconds"].items()
         },
         "ray_overhead_share": round(1.0 - ray_fps / (cores * sequential_fps), 3),
         "mask_iou_green_screen": mask_iou(work / "out"),

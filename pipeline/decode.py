@@ -27,6 +27,9 @@ class DecodeConfig:
 
     chunk_frames: frames decoded per chunk; bounds memory at chunk_frames * H * W * 3 bytes.
     max_frames: keep at most this many frames (after ``stride``) from the start; None keeps all.
+    segment_frames: the preprocessing job splits the kept frames of a longer video into consecutive
+        segments of at most this many frames, each tracked, fitted and written as its own unit, which
+        bounds a worker's memory (about 0.5 GB per 900 frames at 256 px); None: one segment.
     stride: keep every stride-th frame (1 keeps all).
     min_frames: a video with fewer frames (after stride and max_frames) is rejected as too short; a
         still image is always one frame and exempt.
@@ -35,6 +38,7 @@ class DecodeConfig:
 
     chunk_frames: int = 64
     max_frames: int | None = None
+    segment_frames: int | None = 900
     stride: int = 1
     min_frames: int = 8
     num_threads: int = 1
@@ -107,6 +111,16 @@ def sample_frame_indices(num_frames: int, config: DecodeConfig = DecodeConfig())
     return indices
 
 
+def split_segments(frame_index: np.ndarray, segment_frames: int | None) -> list[np.ndarray]:
+    """Consecutive segments of at most ``segment_frames`` kept frames, as equal in length as possible
+    (so that no short remainder is left): frame_index (T,) -> [(T_1,), ..., (T_n,)], n = ceil(T / max).
+    """
+    if segment_frames is None or len(frame_index) <= segment_frames:
+        return [np.asarray(frame_index)]
+    assert segment_frames >= 1, f"segment_frames must be >= 1, got {segment_frames}"
+    return np.array_split(np.asarray(frame_index), -(-len(frame_index) // segment_frames))
+
+
 def read_frames(
     path: str | Path, frame_index: Sequence[int], config: DecodeConfig = DecodeConfig()
 ) -> np.ndarray:
@@ -131,10 +145,11 @@ def read_frames(
 
 
 def iter_frames(
-    path: str | Path, config: DecodeConfig = DecodeConfig()
+    path: str | Path, config: DecodeConfig = DecodeConfig(), frame_index: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Streams the kept frames in chunks: yields (frame_index (N,) int64, frames (N, H, W, 3) uint8 RGB).
 
+    frame_index: which frames to stream (ascending, e.g. one segment); None: all kept frames.
     At most ``config.chunk_frames`` frames are in memory per chunk. Raises ``UnreadableVideo`` before
     the first chunk for undecodable inputs and ``TooShort`` for videos with fewer than
     ``config.min_frames`` kept frames.
@@ -144,7 +159,7 @@ def iter_frames(
     if info.is_image:
         yield np.zeros(1, np.int64), _load_image(path)[None]
         return
-    indices = check_length(info, config)
+    indices = check_length(info, config) if frame_index is None else np.asarray(frame_index, np.int64)
     reader = _open_video(path, config.num_threads)
     for start in range(0, len(indices), config.chunk_frames):
         chunk = indices[start : start + config.chunk_frames]

@@ -299,12 +299,15 @@ def track_video(
     path: str | Path,
     decode_config: DecodeConfig | None = None,
     config: FaceTrackConfig = FaceTrackConfig(),
+    frame_index: np.ndarray | None = None,
 ) -> FaceTrack:
-    """Detects and tracks the face of a video (or image) over its kept frames; decodes only the
-    detection frames. Raises UnreadableVideo, TooShort and the tracking errors."""
+    """Detects and tracks the face of a video (or image) over its kept frames, or over ``frame_index``
+    (T,) ascending (e.g. one segment); decodes only the detection frames. Raises UnreadableVideo,
+    TooShort and the tracking errors."""
     decode_config = decode_config or DecodeConfig()
     info = video_info(path, decode_config)
-    frame_index = check_length(info, decode_config)
+    all_kept = check_length(info, decode_config)
+    frame_index = all_kept if frame_index is None or info.is_image else np.asarray(frame_index, np.int64)
     detect_at = detection_frames(frame_index, config.detect_every)
     # The first detection frame is searched for faces down to the smallest accepted size; once the face
     # is known, later frames only need faces down to a fraction of its size (another person counts only
@@ -327,8 +330,8 @@ def track_video(
 def crop_faces(frames: np.ndarray, rows: np.ndarray, track: FaceTrack) -> np.ndarray:
     """Square face crops: frames (N, H, W, 3) uint8 of track rows ``rows`` (N,) -> (N, S, S, 3) uint8.
 
-    Areas outside the frame are black. Large downscales first shrink the frame by an integer factor
-    with area averaging so the bilinear warp does not alias.
+    Areas outside the frame are black. Large downscales (by k >= 2) first shrink the part of the frame
+    under the crop by k with k x k block averaging, so the bilinear warp does not alias.
     """
     size = track.crop_size
     matrices = track.frame_to_crop_matrix()[np.asarray(rows)]
@@ -336,14 +339,28 @@ def crop_faces(frames: np.ndarray, rows: np.ndarray, track: FaceTrack) -> np.nda
     for i, (frame, matrix) in enumerate(zip(frames, matrices)):
         shrink = int(np.floor(1.0 / matrix[0, 0]))
         if shrink >= 2:
-            height, width = frame.shape[:2]
-            small = cv2.resize(frame, (width // shrink, height // shrink), interpolation=cv2.INTER_AREA)
-            # Frame pixel x maps to small pixel x' = (x + 0.5) * (w'/W) - 0.5; fold that into the affine.
-            fx, fy = small.shape[1] / width, small.shape[0] / height
-            to_small = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
-            matrix = matrix @ np.linalg.inv(to_small)
-            frame = small
+            frame, matrix = _shrink_under_crop(frame, matrix, shrink, size)
         crops[i] = cv2.warpAffine(
             frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
         )
     return crops
+
+
+def _shrink_under_crop(
+    frame: np.ndarray, matrix: np.ndarray, k: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame region under a crop, shrunk by the integer factor k (block means), and the crop's affine
+    map re-expressed for it. frame (H, W, 3), matrix (2, 3) frame px -> crop px; returns (h, w, 3) and
+    (2, 3). Only the region (plus a two-block margin for the bilinear taps) is shrunk, not the frame."""
+    height, width = frame.shape[:2]
+    s, offset = matrix[0, 0], matrix[:, 2]
+    low = (-0.5 - offset) / s  # frame (x, y) of the crop's top-left edge
+    high = (size - 0.5 - offset) / s
+    x0, y0 = (max(0, int(np.floor(v / k)) - 2) * k for v in low)
+    x1, y1 = (min(n // k, int(np.ceil(v / k)) + 2) * k for v, n in zip(high, (width, height)))
+    if x1 - x0 < k or y1 - y0 < k:  # the crop lies outside the frame: nothing to shrink
+        return frame, matrix
+    small = cv2.resize(frame[y0:y1, x0:x1], ((x1 - x0) // k, (y1 - y0) // k), interpolation=cv2.INTER_AREA)
+    # Frame pixel x maps to small pixel x' = (x - x0 + 0.5) / k - 0.5; fold that into the affine.
+    to_small = np.array([[1 / k, 0, (0.5 - x0) / k - 0.5], [0, 1 / k, (0.5 - y0) / k - 0.5], [0, 0, 1]])
+    return small, matrix @ np.linalg.inv(to_small)

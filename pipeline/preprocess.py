@@ -5,7 +5,12 @@ takes the row and returns it with its outputs added; a stage's failure (a ``Vide
 problem, or any unexpected error) turns the row into a failed record carrying a short reason, and later
 stages pass it through untouched, so one bad video never costs the others.
 
-    decode_crop -> landmarks -> fit -> render -> masks_flow_write
+    video_segments (decode_crop -> landmarks, per segment) -> fit -> render -> masks_flow_write
+
+Long videos: ``video_segments`` splits a video's kept frames into consecutive segments of at most
+``decode.segment_frames`` frames (``pipeline.decode.split_segments``) and yields one row per segment;
+from there on a segment is a unit of its own (own id ``segment_id``, fit, shard and record), so memory
+stays bounded whatever the video's length. A video of one segment keeps its plain video id.
 
 Row keys (``ROW_*``) are defined here and nowhere else; heavy arrays are per frame, T kept frames, crop
 size S: crops (T, S, S, 3) uint8, frame_index (T,) int64, face_boxes_px (T, 4), landmarks_px (T, 68, 2),
@@ -15,12 +20,13 @@ mouth_box_px (T, 4) int32.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,7 +36,7 @@ import torch
 from infra import storage
 from model.morphable_model import ModelConfig, MorphableModel
 from pipeline import schema, shard_writer
-from pipeline.decode import DecodeConfig, iter_frames, video_info
+from pipeline.decode import DecodeConfig, check_length, iter_frames, split_segments, video_info
 from pipeline.errors import VideoRejected
 from pipeline.face_track import FaceTrackConfig, crop_faces, track_video
 from pipeline.fit_3dmm import FitConfig, fit_video
@@ -50,7 +56,11 @@ ROW_URI = "uri"  # full URI, for reading
 ROW_STATUS = "status"
 ROW_REASON = "reason"
 ROW_MESSAGE = "message"
-ROW_STAGE_SECONDS = "stage_seconds"  # JSON {stage: seconds}
+ROW_SOURCE_VIDEO_ID = "source_video_id"  # the video a segment comes from
+ROW_SEGMENT = "segment"  # 0-based segment number
+ROW_SEGMENTS = "segments"  # segments of the video
+ROW_STAGE_SECONDS = "stage_seconds"  # JSON {stage: wall-clock seconds}
+ROW_STAGE_CPU_SECONDS = "stage_cpu_seconds"  # JSON {stage: CPU seconds of the process running it}
 # Heavy per-frame arrays, dropped from failed rows.
 HEAVY_KEYS = (
     "crops",
@@ -93,26 +103,34 @@ def new_row(source: VideoSource) -> Row:
         ROW_IDENTITY: source.identity,
         ROW_SOURCE: storage.redact(source.uri),
         ROW_URI: source.uri,
+        ROW_SOURCE_VIDEO_ID: source.video_id,
+        ROW_SEGMENT: 0,
+        ROW_SEGMENTS: 1,
         ROW_STATUS: schema.STATUS_OK,
         ROW_REASON: "",
         ROW_MESSAGE: "",
         ROW_STAGE_SECONDS: "{}",
+        ROW_STAGE_CPU_SECONDS: "{}",
     }
 
 
-def _add_seconds(row: Row, stage: str, seconds: float) -> None:
-    spent = json.loads(row[ROW_STAGE_SECONDS])
+def _add_seconds(row: Row, key: str, stage: str, seconds: float) -> None:
+    spent = json.loads(row.get(key) or "{}")
     spent[stage] = round(spent.get(stage, 0.0) + seconds, 4)
-    row[ROW_STAGE_SECONDS] = json.dumps(spent)
+    row[key] = json.dumps(spent)
 
 
 def guarded(stage: str, fn: Callable[[Row], Row]) -> Callable[[Row], Row]:
-    """Runs ``fn`` on ok rows, timing it; turns its failure into a failed row with a reason."""
+    """Runs ``fn`` on ok rows, timing it; turns its failure into a failed row with a reason.
+
+    Records wall-clock and CPU seconds: where processes share cores the wall clock also counts waiting,
+    while the process's CPU time (its libraries run on one thread in the job) is the stage's own cost.
+    """
 
     def run(row: Row) -> Row:
         if row[ROW_STATUS] != schema.STATUS_OK:
             return row
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             row = fn(row)
         except VideoRejected as err:
@@ -120,7 +138,8 @@ def guarded(stage: str, fn: Callable[[Row], Row]) -> Callable[[Row], Row]:
         except Exception as err:  # noqa: BLE001 - any bug in one video must not cost the others
             detail = "".join(traceback.format_exception_only(type(err), err)).strip()
             row = fail(row, f"error_{stage}", f"{stage} failed: {detail}")
-        _add_seconds(row, stage, time.perf_counter() - start)
+        _add_seconds(row, ROW_STAGE_SECONDS, stage, time.perf_counter() - start)
+        _add_seconds(row, ROW_STAGE_CPU_SECONDS, stage, time.process_time() - start_cpu)
         return row
 
     return run
@@ -159,23 +178,61 @@ class LocalCopy:
             os.remove(self.tmp)
 
 
-def decode_crop(row: Row, cfg: PreprocessConfig) -> Row:
-    """Decodes the video, tracks the face and crops every kept frame."""
-    with LocalCopy(row[ROW_URI]) as path:
-        info = video_info(path, cfg.decode)
-        track = track_video(path, cfg.decode, cfg.track)
-        crops = np.empty((len(track), track.crop_size, track.crop_size, 3), np.uint8)
-        for frame_index, frames in iter_frames(path, cfg.decode):
-            rows = track.rows(frame_index)
-            crops[rows] = crop_faces(frames, rows, track)
+def segment_id(video_id: str, segment: int, segments: int) -> str:
+    """The unit id of segment ``segment`` of ``segments``: the video id itself for a one-segment video."""
+    return video_id if segments == 1 else f"{video_id}_seg{segment:03d}"
+
+
+def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
+    """The first stage of a video: yields one row per segment, decoded, tracked, cropped, with landmarks.
+
+    The video is fetched once (``LocalCopy``) for all its segments; only one segment's frames are in
+    memory at a time. A video that cannot be opened or is too short yields one failed row.
+    """
+    if row[ROW_STATUS] != schema.STATUS_OK:
+        yield row
+        return
+    with contextlib.ExitStack() as stack:
+        opened: list[tuple[str, list[np.ndarray]]] = []
+
+        def open_video(r: Row) -> Row:
+            path = stack.enter_context(LocalCopy(r[ROW_URI]))
+            info = video_info(path, cfg.decode)
+            opened.append((path, split_segments(check_length(info, cfg.decode), cfg.decode.segment_frames)))
+            r.update(
+                fps=float(info.fps),
+                width=int(info.width),
+                height=int(info.height),
+                frame_count=int(info.num_frames),
+            )
+            return r
+
+        row = guarded("decode_crop", open_video)(row)
+        if row[ROW_STATUS] != schema.STATUS_OK:
+            yield row
+            return
+        path, segments = opened[0]
+        for k, frame_index in enumerate(segments):
+            unit = dict(row)
+            unit.update({ROW_VIDEO_ID: segment_id(row[ROW_VIDEO_ID], k, len(segments))})
+            unit.update({ROW_SEGMENT: k, ROW_SEGMENTS: len(segments)})
+            if k > 0:  # opening the video is counted once, in the first segment
+                unit.update({ROW_STAGE_SECONDS: "{}", ROW_STAGE_CPU_SECONDS: "{}"})
+            unit = guarded("decode_crop", lambda r, f=frame_index: decode_crop(r, cfg, path, f))(unit)
+            yield guarded("landmarks", lambda r: landmarks(r, cfg))(unit)
+
+
+def decode_crop(row: Row, cfg: PreprocessConfig, path: str, frame_index: np.ndarray) -> Row:
+    """Tracks the face over the frames ``frame_index`` (T,) of the local video ``path`` and crops them."""
+    track = track_video(path, cfg.decode, cfg.track, frame_index)
+    crops = np.empty((len(track), track.crop_size, track.crop_size, 3), np.uint8)
+    for chunk, frames in iter_frames(path, cfg.decode, track.frame_index):
+        rows = track.rows(chunk)
+        crops[rows] = crop_faces(frames, rows, track)
     row.update(
         crops=crops,
         frame_index=track.frame_index.astype(np.int64),
         face_boxes_px=track.face_box_crop_px().astype(np.float32),
-        fps=float(info.fps),
-        width=int(info.width),
-        height=int(info.height),
-        frame_count=int(info.num_frames),
     )
     return row
 
@@ -273,6 +330,9 @@ def record_of(row: Row, config_hash: str, seconds: float) -> dict:
     identity = row.get("identity_coefficients")
     return {
         "video_id": row[ROW_VIDEO_ID],
+        "source_video_id": row.get(ROW_SOURCE_VIDEO_ID, row[ROW_VIDEO_ID]),
+        "segment": int(row.get(ROW_SEGMENT) or 0),
+        "segments": int(row.get(ROW_SEGMENTS) or 1),
         "identity": row[ROW_IDENTITY],
         "source": row[ROW_SOURCE],
         "status": row[ROW_STATUS],
@@ -293,6 +353,7 @@ def record_of(row: Row, config_hash: str, seconds: float) -> dict:
         "shard": row.get("shard", "") if ok else "",
         "seconds": round(seconds, 4),
         "stage_seconds": row[ROW_STAGE_SECONDS],
+        "stage_cpu_seconds": row.get(ROW_STAGE_CPU_SECONDS, "{}"),
     }
 
 
@@ -303,21 +364,22 @@ def process_video(
     config_hash: str,
     model: MorphableModel,
     renderer: NmfcRenderer,
-) -> dict:
-    """All stages of one video in this process (what the Ray job distributes); returns its record.
+) -> list[dict]:
+    """All stages of one video in this process (what the Ray job distributes); returns its records, one
+    per segment.
 
-    Writes the shard, contact sheet and record like the job does.
+    Writes the shards, contact sheets and records like the job does.
     """
     stages = (
-        guarded("decode_crop", lambda r: decode_crop(r, cfg)),
-        guarded("landmarks", lambda r: landmarks(r, cfg)),
         guarded("fit", lambda r: fit(r, cfg, model)),
         guarded("render", lambda r: render(r, renderer)),
         guarded("write", lambda r: masks_flow_write(r, cfg, output)),
     )
-    row = new_row(source)
-    for stage in stages:
-        row = stage(row)
-    record = record_of(row, config_hash, sum(json.loads(row[ROW_STAGE_SECONDS]).values()))
-    shard_writer.write_record(output, record)
-    return record
+    records = []
+    for row in video_segments(new_row(source), cfg):
+        for stage in stages:
+            row = stage(row)
+        record = record_of(row, config_hash, sum(json.loads(row[ROW_STAGE_SECONDS]).values()))
+        shard_writer.write_record(output, record)
+        records.append(record)
+    return records

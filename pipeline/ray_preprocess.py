@@ -2,7 +2,8 @@
 
 One Ray Data row per video (the fit needs the whole video), through two actor-pool stages:
 
-    decode + track + crop + landmarks   (actor pool; GPU when the landmark backend uses it)
+    decode + track + crop + landmarks   (actor pool; GPU when the landmark backend uses it; a long
+        video becomes one row per segment here, see ``preprocess.video_segments``)
     -> fit + NMFC render + masks + flow + shard writing   (actor pool; the renderer on GPU when present)
 
 Why two stages of whole chains and not one pool per step: on a small machine the per-step pools were
@@ -23,6 +24,8 @@ import json
 import os
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from infra import storage
@@ -71,19 +74,15 @@ def _limit_threads(threads: int) -> None:
 
 
 class _DecodeLandmarks:
-    """Stage 1 actor: decode, face track and crops, then landmarks (detector models loaded once)."""
+    """Stage 1 actor: decode, face track and crops, then landmarks (detector models loaded once); yields
+    one row per segment of the video."""
 
     def __init__(self, cfg: PreprocessConfig, threads: int) -> None:
         _limit_threads(threads)
-        self.stages = (
-            preprocess.guarded("decode_crop", lambda row: preprocess.decode_crop(row, cfg)),
-            preprocess.guarded("landmarks", lambda row: preprocess.landmarks(row, cfg)),
-        )
+        self.cfg = cfg
 
-    def __call__(self, row: dict) -> dict:
-        for stage in self.stages:
-            row = stage(row)
-        return row
+    def __call__(self, row: dict) -> Iterator[dict]:
+        yield from preprocess.video_segments(row, self.cfg)
 
 
 class _FitRenderWrite:
@@ -152,12 +151,16 @@ def plan(
     """(all sources, sources still to do, config hash) for a run over ``input_uri``."""
     sources = discover_videos(input_uri)
     cfg_hash = config_hash(cfg.preprocess)
-    # Done: ok, or rejected for a data problem; unexpected errors ("error_<stage>") are retried.
-    done = {
-        r["video_id"]
-        for r in shard_writer.read_records(output)
-        if r.get("config_hash") == cfg_hash and not r["reason"].startswith("error_")
-    }
+    # Done: every segment ok or rejected for a data problem; unexpected errors ("error_<stage>") are
+    # retried (the whole video: its other segments are rewritten with the same names and content).
+    segments_done: dict[str, set[int]] = defaultdict(set)
+    segments_total: dict[str, int] = {}
+    for r in shard_writer.read_records(output):
+        if r.get("config_hash") == cfg_hash and not r["reason"].startswith("error_"):
+            video = r.get("source_video_id") or r["video_id"]
+            segments_done[video].add(int(r.get("segment") or 0))
+            segments_total[video] = int(r.get("segments") or 1)
+    done = {video for video, got in segments_done.items() if len(got) >= segments_total[video]}
     return sources, [s for s in sources if s.video_id not in done], cfg_hash
 
 
@@ -181,7 +184,7 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
         p = cfg.preprocess
         items = [preprocess.new_row(s) for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map(
+        ds = ds.flat_map(
             _DecodeLandmarks,
             fn_constructor_args=(p, cfg.ray.threads_per_actor),
             compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),

@@ -4,10 +4,18 @@ Layout (``OUT`` is the job's ``--output`` URI):
 
     OUT/config.yaml                  resolved config of the last run
     OUT/summary.json                 run summary (videos ok / failed by reason, frames, frames/s)
-    OUT/videos.parquet               per-video table (one row per input video, ok or failed)
-    OUT/shards/<video_id>.parquet    frame shard of one video (one row per kept frame, in frame order)
+    OUT/videos.parquet               per-video table (one row per video or segment, ok or failed)
+    OUT/shards/<video_id>.parquet    frame shard of one video or segment (one row per kept frame, in order)
     OUT/records/<video_id>.json      per-video record; written last, it marks the video as done
     OUT/contact_sheets/<video_id>.png  crop + landmarks | NMFC | mask | flow, a few frames
+
+Long videos: a video with more kept frames than ``decode.segment_frames`` (900 by default) is split into
+consecutive segments of near-equal length, each processed as its own unit (its own 3DMM fit, shard and
+record) with ``video_id = <video id>_segNNN`` (NNN from 000); ``source_video_id``, ``segment`` and
+``segments`` in the per-video table tie the segments to their video, and ``frame_index`` stays the
+index in the source video. This bounds a worker's memory whatever the video's length; the price is that
+identity coefficients are fitted per segment (``identity_coefficients`` per row of the table). A rerun
+counts a video as done only when all its segments have records.
 
 Why one shard per video with one row per frame: training samples K consecutive frames of one video, which
 is then a contiguous row range of one file (row groups of ``ROW_GROUP_FRAMES`` frames keep such reads
@@ -21,7 +29,7 @@ Frame shard columns (``FRAME_SCHEMA``); images decode with ``decode_image``, flo
 | column          | type                        | meaning                                                   |
 |-----------------|-----------------------------|-----------------------------------------------------------|
 | identity        | string                      | identity label (manifest, or the file stem)              |
-| video_id        | string                      | stable id of the source video                            |
+| video_id        | string                      | stable id of the video (or segment, ``_segNNN``)         |
 | frame_index     | int32                       | index of the frame in the source video                   |
 | rgb             | binary                      | face crop, JPEG or PNG (config ``rgb_format``), S x S x 3 |
 | nmfc            | binary                      | NMFC image (Eq. 3), PNG, lossless 8-bit RGB               |
@@ -70,7 +78,10 @@ FRAME_SCHEMA = pa.schema(
 
 VIDEO_SCHEMA = pa.schema(
     [
-        ("video_id", pa.string()),
+        ("video_id", pa.string()),  # the unit's id: the video's, or with a _segNNN suffix for segments
+        ("source_video_id", pa.string()),  # the id of the video the unit comes from
+        ("segment", pa.int32()),  # 0-based segment number within the video
+        ("segments", pa.int32()),  # segments the video was split into (1 unless it is long)
         ("identity", pa.string()),
         ("source", pa.string()),  # source URI (credentials redacted)
         ("status", pa.string()),  # "ok" or "failed"
@@ -88,7 +99,8 @@ VIDEO_SCHEMA = pa.schema(
         ("config_hash", pa.string()),
         ("shard", pa.string()),  # shard path relative to the output URI, "" when failed
         ("seconds", pa.float32()),  # processing time of the video, all stages
-        ("stage_seconds", pa.string()),  # JSON {stage: seconds}
+        ("stage_seconds", pa.string()),  # JSON {stage: wall-clock seconds}
+        ("stage_cpu_seconds", pa.string()),  # JSON {stage: CPU seconds}
     ]
 )
 

@@ -14,6 +14,7 @@ from pipeline.decode import (
     iter_frames,
     read_frames,
     sample_frame_indices,
+    split_segments,
     video_info,
 )
 from pipeline.errors import TooShort, UnreadableVideo
@@ -34,6 +35,15 @@ def test_sample_frame_indices():
     assert sample_frame_indices(10).tolist() == list(range(10))
     assert sample_frame_indices(10, DecodeConfig(stride=3)).tolist() == [0, 3, 6, 9]
     assert sample_frame_indices(10, DecodeConfig(stride=2, max_frames=3)).tolist() == [0, 2, 4]
+
+
+def test_split_segments_into_near_equal_consecutive_parts():
+    frames = np.arange(0, 50, 2)  # 25 kept frames
+    assert [len(s) for s in split_segments(frames, 10)] == [9, 8, 8]  # not 10 + 10 + 5
+    assert np.array_equal(np.concatenate(split_segments(frames, 10)), frames)
+    assert [len(s) for s in split_segments(frames, 25)] == [25]
+    assert [len(s) for s in split_segments(frames, None)] == [25]
+    assert [len(s) for s in split_segments(frames, 1)] == [1] * 25
 
 
 def test_video_info_matches_shared_readme(shared_videos):
