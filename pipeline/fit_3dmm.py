@@ -17,8 +17,9 @@ prior acts like one frame's worth of evidence per frame (identity estimates from
 comparable to the whole clip's). Box constraints: identity in ``+-identity_bound_std``, expression in
 ``model.expression_bounds``.
 
-The fit alternates (``FitConfig.iterations`` rounds) between the cameras (per frame: linear affine
-estimate projected to a scaled rotation, then Gauss-Newton on the exact reprojection error) and the shape.
+The fit alternates (``FitConfig.iterations`` rounds) between the cameras (a linear affine estimate
+projected to a scaled rotation and per-frame Gauss-Newton on the exact reprojection error to start with,
+then Gauss-Newton on all frames jointly under the pose smoothness term) and the shape.
 With cameras fixed the energy is a linear least-squares problem in (identity, expression) with box bounds,
 ``ShapeProblem``, solved by one of two solvers that reach the same minimum: the generic reference
 ``pipeline.fit_reference_lsq`` and the structure-exploiting ``pipeline.fit_structured``.
@@ -652,9 +653,12 @@ def _fit_video(
         # Camera step (shape fixed), then the contour choice under the new pose.
         choice = basis.choose(candidates, camera)
         points = candidates[np.arange(n_frames)[:, None], np.arange(N_LANDMARKS)[None], choice]
-        camera = refine_camera_gauss_newton(
-            camera, points, landmarks_px, weights, config.camera_gauss_newton_steps
-        )
+        # Per-frame Gauss-Newton from the affine start; later rounds start from a fitted pose, where the
+        # joint smoothing step alone reaches the same cameras (energies equal to 1e-7 on the shared clips).
+        if rounds == 1 or w_pose <= 0 or n_frames < 3:
+            camera = refine_camera_gauss_newton(
+                camera, points, landmarks_px, weights, config.camera_gauss_newton_steps
+            )
         camera = smooth_cameras_gauss_newton(
             camera,
             points,
