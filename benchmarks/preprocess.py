@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from infra.config import load_config
+from infra.memory import retain_freed_memory
 from model.morphable_model import load_morphable_model
 from pipeline import schema
 from pipeline.manifest import discover_videos
@@ -75,6 +76,7 @@ def main() -> None:
     # Baseline: every stage in this process, one video after another, on one thread as in an actor.
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    retain_freed_memory()
     model = load_morphable_model(cfg.preprocess.model.path)
     renderer = NmfcRenderer(model, cfg.preprocess.render)
     start = time.perf_counter()

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from infra import storage
 from infra.config import config_hash, save_config
+from infra.memory import retain_freed_memory
 from model.morphable_model import ModelConfig, find_default_model, load_morphable_model
 from pipeline import preprocess, schema, shard_writer
 from pipeline.manifest import VideoSource, discover_videos
@@ -65,12 +66,14 @@ class PreprocessJobConfig:
 
 
 def _limit_threads(threads: int) -> None:
-    """One actor's share of its node: torch and OpenCV thread pools of ``threads`` threads."""
+    """One actor's share of its node: torch and OpenCV thread pools of ``threads`` threads; freed memory
+    is kept for reuse (``infra.memory``), so per-batch temporaries cost no page faults."""
     import cv2
     import torch
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+    retain_freed_memory()
 
 
 class _DecodeLandmarks:

@@ -85,8 +85,5 @@ def test_fit_quality_on_every_shared_clip(ict_model, shared_videos):
         others = [v for other, pair in halves.items() if other != name for v in pair]
         nearest = min(min(np.linalg.norm(first - o), np.linalg.norm(second - o)) for o in others)
         consistent[name] = (own < nearest, own, nearest)
-    # Known miss (2026-11-25): sadtalker_WDA_KatieHill_000, whose halves turn the head to opposite sides
-    # (mean yaw -8 vs +6 degrees), gives half-identities 6.5 apart against 5.4 to the nearest other
-    # clip. The 13 others hold with margin (own halves 0.8-3.1 apart, nearest other 4.4-7.1).
     failures = {k: v for k, v in consistent.items() if not v[0]}
-    assert len(failures) <= 1, failures
+    assert not failures, failures
