@@ -344,12 +344,13 @@ def _rasterize_frames(
     first: int,
     box: tuple[torch.Tensor, ...],
     usable: torch.Tensor,
-    faces: torch.Tensor,
+    faces: SortedFaces,
     image_size: tuple[int, int],
     config: RasterizeConfig,
 ) -> Fragments:
-    """Rasterises frames first .. first + B - 1: corners (3 coords, all frames, 3 corners, F); box =
-    (x_lo, y_lo, n_x, n_y), each (B, F), the pixel-centre bounding boxes; usable (B, F) bool."""
+    """Rasterises frames first .. first + B - 1: corners (3 coords, all frames, 3 sorted corners, F) of
+    ``faces``; box = (x_lo, y_lo, n_x, n_y), each (B, F), the pixel-centre bounding boxes; usable (B, F)
+    bool."""
     height, width = image_size
     frames, n_faces = usable.shape
     device, dtype = corners.device, corners.dtype
