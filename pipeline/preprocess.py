@@ -357,6 +357,24 @@ def record_of(row: Row, config_hash: str, seconds: float) -> dict:
     }
 
 
+def fit_render_write(
+    row: Row,
+    cfg: PreprocessConfig,
+    output: str,
+    config_hash: str,
+    model: MorphableModel,
+    renderer: NmfcRenderer,
+) -> dict:
+    """The rest of one unit's chain after ``video_segments``: fit, NMFC render, masks + flow + shard, then
+    its record, written last (it marks the unit done). Returns the record."""
+    row = guarded("fit", lambda r: fit(r, cfg, model))(row)
+    row = guarded("render", lambda r: render(r, renderer))(row)
+    row = guarded("write", lambda r: masks_flow_write(r, cfg, output))(row)
+    record = record_of(row, config_hash, sum(json.loads(row[ROW_STAGE_SECONDS]).values()))
+    shard_writer.write_record(output, record)
+    return record
+
+
 def process_video(
     source: VideoSource,
     cfg: PreprocessConfig,
@@ -370,16 +388,7 @@ def process_video(
 
     Writes the shards, contact sheets and records like the job does.
     """
-    stages = (
-        guarded("fit", lambda r: fit(r, cfg, model)),
-        guarded("render", lambda r: render(r, renderer)),
-        guarded("write", lambda r: masks_flow_write(r, cfg, output)),
-    )
-    records = []
-    for row in video_segments(new_row(source), cfg):
-        for stage in stages:
-            row = stage(row)
-        record = record_of(row, config_hash, sum(json.loads(row[ROW_STAGE_SECONDS]).values()))
-        shard_writer.write_record(output, record)
-        records.append(record)
-    return records
+    return [
+        fit_render_write(row, cfg, output, config_hash, model, renderer)
+        for row in video_segments(new_row(source), cfg)
+    ]

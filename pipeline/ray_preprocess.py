@@ -99,22 +99,14 @@ class _FitRenderWrite:
 
         _limit_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_morphable_model(cfg.model.path)
-        renderer = NmfcRenderer(model, cfg.render, device=device)
-        self.output, self.cfg_hash = output, cfg_hash
-        self.stages = (
-            preprocess.guarded("fit", lambda row: preprocess.fit(row, cfg, model)),
-            preprocess.guarded("render", lambda row: preprocess.render(row, renderer)),
-            preprocess.guarded("write", lambda row: preprocess.masks_flow_write(row, cfg, output)),
-        )
+        self.model = load_morphable_model(cfg.model.path)
+        self.renderer = NmfcRenderer(self.model, cfg.render, device=device)
+        self.cfg, self.output, self.cfg_hash = cfg, output, cfg_hash
 
     def __call__(self, row: dict) -> dict:
-        for stage in self.stages:
-            row = stage(row)
-        seconds = sum(json.loads(row[preprocess.ROW_STAGE_SECONDS]).values())
-        record = preprocess.record_of(row, self.cfg_hash, seconds)
-        shard_writer.write_record(self.output, record)
-        return record
+        return preprocess.fit_render_write(
+            row, self.cfg, self.output, self.cfg_hash, self.model, self.renderer
+        )
 
 
 def _pool(actors: int, videos: int):
