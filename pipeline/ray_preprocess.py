@@ -1,17 +1,22 @@
 """The distributed preprocessing run on Ray Data: a thin wrapper over ``pipeline/preprocess.py``.
 
-One Ray Data row per video (the fit needs the whole video), through two actor-pool stages:
+One Ray Data row per video (the fit needs the whole video). Two layouts (``RayConfig.stages``):
 
-    decode + track + crop + landmarks   (actor pool; GPU when the landmark backend uses it; a long
-        video becomes one row per segment here, see ``preprocess.video_segments``)
-    -> fit + NMFC render + masks + flow + shard writing   (actor pool; the renderer on GPU when present)
+``fused`` (default): one actor pool; each actor runs a video's whole chain (decode + track + crop +
+    landmarks, then, per segment, fit + NMFC render + masks + flow + shard writing) and yields one small
+    record per segment (a long video becomes several segments, see ``preprocess.video_segments``).
+``split``: two actor pools, decode + track + crop + landmarks -> fit + render + masks + flow + write,
+    with the crops moving between them through the object store; lets the two halves be sized (or
+    placed on GPUs) independently.
 
-Why two stages of whole chains and not one pool per step: on a small machine the per-step pools were
-mostly idle or waiting (each step of each video a separate scheduling round and an object-store copy of
-the frames), and every extra process pays the torch / MTCNN / dlib / 3DMM start-up again. Two stages keep
-the GPU-capable steps in actor pools (models loaded once per actor), move the crops through the object
-store once, and size both pools to fill every core (``RayConfig``). Each actor runs its numerical
-libraries on ``threads_per_actor`` threads, so that the actors sharing a node do not oversubscribe it.
+Why whole chains and not one pool per step: per-step pools were mostly idle or waiting on a small
+machine (each step of each video a scheduling round and an object-store copy of its frames), and every
+extra process pays the torch / MTCNN / dlib / 3DMM start-up again. Fused is the default because it is
+the cheapest: one process per core, no frames through the object store, models loaded once per core.
+On 2 cores over 14 shared clips (1950 frames) it ran at 35.5 frames/s against 25.6 for ``split``, whose
+four single-threaded actors time-share two cores (its stages' CPU time per frame rose from 40.6 to 50.7
+ms). Each actor runs its numerical libraries on ``threads_per_actor`` threads, so that the actors
+sharing a node do not oversubscribe it.
 
 Work already done with the same config hash (a record exists) is skipped before Ray starts. Each video's
 shard is written before its record, both under deterministic names, so a task retried after a worker
@@ -27,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from infra import storage
 from infra.config import config_hash, save_config
@@ -44,16 +50,22 @@ class RayConfig:
 
     address: None joins the cluster of ``RAY_ADDRESS`` (set by ``ray job submit``) or starts a local
         Ray; "auto" joins a running local cluster; or a ``ray://`` / GCS address.
-    num_cpus: logical CPUs of a new local Ray; None gives 2 x the cores, so that both stages' pools can
-        hold one actor per core and no core idles while one stage waits on the other.
-    landmark_actors, render_actors: actors of the decode+landmarks and the fit+render+write pools
-        (each holds its models; never more than there are videos); None: half the cluster's logical
+    num_cpus: logical CPUs of a new local Ray; None gives 2 x the cores, so that a pool of one actor per
+        core leaves Ray Data logical CPUs for its own tasks, and both ``split`` pools can hold one
+        actor per core.
+    stages: "fused" (one actor pool running each video's whole chain) or "split" (two pools: decode +
+        landmarks, then fit + render + write); see the module docstring.
+    actors: size of the fused pool (each actor holds every model; never more than there are videos);
+        None: half the cluster's logical CPUs, i.e. one actor per core on a local Ray.
+    landmark_actors, render_actors: sizes of the two ``split`` pools; None: half the cluster's logical
         CPUs each.
-    threads_per_actor: torch / OpenCV threads inside each actor.
+    threads_per_actor: torch / OpenCV threads inside each actor (and the CPUs it reserves).
     """
 
     address: str | None = None
     num_cpus: int | None = None
+    stages: Literal["fused", "split"] = "fused"
+    actors: int | None = None
     landmark_actors: int | None = None
     render_actors: int | None = None
     threads_per_actor: int = 1
@@ -107,6 +119,19 @@ class _FitRenderWrite:
         return preprocess.fit_render_write(
             row, self.cfg, self.output, self.cfg_hash, self.model, self.renderer
         )
+
+
+class _Preprocess:
+    """The ``fused`` stage's actor: a video's whole chain in one process (models loaded once); yields one
+    record per segment, so no frame data travels back to the driver."""
+
+    def __init__(self, cfg: PreprocessConfig, output: str, cfg_hash: str, threads: int) -> None:
+        self.fit_render_write = _FitRenderWrite(cfg, output, cfg_hash, threads)
+        self.cfg = cfg
+
+    def __call__(self, row: dict) -> Iterator[dict]:
+        for unit in preprocess.video_segments(row, self.cfg):
+            yield self.fit_render_write(unit)
 
 
 def _pool(actors: int, videos: int):
@@ -179,20 +204,30 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
         p = cfg.preprocess
         items = [preprocess.new_row(s) for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.flat_map(
-            _DecodeLandmarks,
-            fn_constructor_args=(p, cfg.ray.threads_per_actor),
-            compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
-            num_cpus=cfg.ray.threads_per_actor,
-            num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
-        )
-        ds = ds.map(
-            _FitRenderWrite,
-            fn_constructor_args=(p, output, cfg_hash, cfg.ray.threads_per_actor),
-            compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
-            num_cpus=cfg.ray.threads_per_actor,
-            num_gpus=0.5 if gpu else 0,
-        )
+        writer_args = (p, output, cfg_hash, cfg.ray.threads_per_actor)
+        if cfg.ray.stages == "fused":
+            ds = ds.flat_map(
+                _Preprocess,
+                fn_constructor_args=writer_args,
+                compute=_pool(cfg.ray.actors or auto_actors, len(todo)),
+                num_cpus=cfg.ray.threads_per_actor,
+                num_gpus=0.5 if gpu else 0,
+            )
+        else:
+            ds = ds.flat_map(
+                _DecodeLandmarks,
+                fn_constructor_args=(p, cfg.ray.threads_per_actor),
+                compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
+                num_cpus=cfg.ray.threads_per_actor,
+                num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
+            )
+            ds = ds.map(
+                _FitRenderWrite,
+                fn_constructor_args=writer_args,
+                compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
+                num_cpus=cfg.ray.threads_per_actor,
+                num_gpus=0.5 if gpu else 0,
+            )
         for k, record in enumerate(ds.iter_rows(), start=1):
             processed.add(record["video_id"])
             outcome = (

@@ -95,6 +95,7 @@ def test_local_run_records_bad_inputs_keeps_good_ones_and_reruns_idempotently(
 def test_ray_job_submit_to_a_local_cluster_with_s3_input_and_output(
     tmp_path, s3_server, shared_videos, shared_images
 ):
+    """Also the one end-to-end run of the ``split`` stage layout (the other tests run ``fused``)."""
     import boto3
     import s3fs
 
@@ -123,7 +124,8 @@ def test_ray_job_submit_to_a_local_cluster_with_s3_input_and_output(
             ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
              "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "outputs"]}), "--",
              "python", "-m", "jobs.preprocess", "--input", "s3://corpus/videos", "--output", "s3://corpus/shards",
-             "--set", f"preprocess.model.path={_model_path()}", "--set", "preprocess.mask.key_frames=2"],
+             "--set", f"preprocess.model.path={_model_path()}", "--set", "preprocess.mask.key_frames=2",
+             "--set", "ray.stages=split"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
