@@ -307,7 +307,7 @@ def masks_flow_write(row: Row, cfg: PreprocessConfig, output: str) -> Row:
         "rgb": [encode_rgb(im) for im in crops],
         "nmfc": [schema.encode_png(im) for im in nmfc],
         "mask": [schema.encode_png(m) for m in masks],
-        "flow": [schema.encode_flow(f) for f in flow],
+        "flow": schema.encode_flows(flow),
         "landmarks_px": landmarks_px.reshape(t, -1).tolist(),
         "expression": np.asarray(row["expression"], np.float32).tolist(),
         "camera": np.asarray(row["camera"], np.float32).tolist(),

@@ -76,6 +76,22 @@ FRAME_SCHEMA = pa.schema(
     ]
 )
 
+# Frame columns written without Parquet compression (the rest use zstd). PNG/JPEG bytes are compressed
+# already; zstd shrank the float16 flow by only 11% (measured on a shared clip) for about 1 ms of CPU per
+# frame, a tenth of the whole write stage, so flow is stored raw (readers also skip the decompression).
+UNCOMPRESSED_COLUMNS = ("rgb", "nmfc", "mask", "flow")
+
+
+def _leaf_path(field: pa.Field) -> str:
+    """A column's Parquet leaf path, the key of ``pq.write_table``'s per-column options."""
+    nested = pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type)
+    return f"{field.name}.list.element" if nested else field.name
+
+
+FRAME_COMPRESSION = {
+    _leaf_path(field): "none" if field.name in UNCOMPRESSED_COLUMNS else "zstd" for field in FRAME_SCHEMA
+}
+
 VIDEO_SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),  # the unit's id: the video's, or with a _segNNN suffix for segments
@@ -148,11 +164,16 @@ def decode_image(data: bytes) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
 
-def encode_flow(flow: np.ndarray) -> bytes:
-    """Flow (H, W, 2) float -> float16 little-endian bytes (Parquet's own compression applies)."""
-    return np.ascontiguousarray(flow, dtype="<f2").tobytes()
+def encode_flows(flow: np.ndarray) -> list[bytes]:
+    """Flow fields (T, H, W, 2) float32 -> T float16 little-endian byte strings (stored uncompressed, see
+    ``UNCOMPRESSED_COLUMNS``). One torch cast for all: the same round-to-nearest-even bits as numpy's
+    ``astype(float16)`` at a third of its cost."""
+    import torch
+
+    half = torch.from_numpy(np.ascontiguousarray(flow, np.float32)).half().numpy()
+    return [frame.astype("<f2", copy=False).tobytes() for frame in half]
 
 
 def decode_flow(data: bytes, size: int) -> np.ndarray:
-    """Inverse of ``encode_flow`` for a square crop of ``size`` pixels: (size, size, 2) float32."""
+    """Inverse of ``encode_flows`` for one frame of a square crop of ``size`` px: (size, size, 2) float32."""
     return np.frombuffer(data, "<f2").reshape(size, size, 2).astype(np.float32)

@@ -31,7 +31,9 @@ def write_shard(output: str, video_id: str, columns: dict[str, list]) -> str:
     """
     table = pa.Table.from_pydict(columns, schema=schema.FRAME_SCHEMA)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=schema.ROW_GROUP_FRAMES, compression="zstd")
+    pq.write_table(
+        table, buffer, row_group_size=schema.ROW_GROUP_FRAMES, compression=schema.FRAME_COMPRESSION
+    )
     relative = shard_path(video_id)
     storage.write_bytes(storage.join(output, *relative.split("/")), buffer.getvalue())
     return relative

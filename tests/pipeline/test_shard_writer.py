@@ -19,7 +19,7 @@ def frame_columns(t: int = 5, size: int = 32) -> dict:
         "rgb": [schema.encode_png(c) for c in crops],
         "nmfc": [schema.encode_png(c) for c in crops[::-1]],
         "mask": [schema.encode_png(c[..., 0] > 128) for c in crops],
-        "flow": [schema.encode_flow(np.full((size, size, 2), k, np.float32)) for k in range(t)],
+        "flow": schema.encode_flows(np.stack([np.full((size, size, 2), k, np.float32) for k in range(t)])),
         "landmarks_px": rng.uniform(0, size, (t, 136)).astype(np.float32).tolist(),
         "expression": rng.uniform(0, 1, (t, 53)).astype(np.float32).tolist(),
         "camera": rng.normal(size=(t, 7)).astype(np.float32).tolist(),
@@ -94,3 +94,25 @@ def test_contact_sheet_layout():
     assert sheet.shape == (120, 160, 3)
     assert sheet[20, 20, 1] == 255  # a landmark dot on the crop tile
     assert np.all(sheet[:, 80:120] == 255)  # the mask tile is white where the mask is set
+
+
+def test_flow_encoding_matches_numpy_float16_rounding():
+    rng = np.random.default_rng(1)
+    flow = (rng.normal(size=(3, 8, 8, 2)) * 10.0 ** rng.integers(-6, 5, (3, 8, 8, 2))).astype(np.float32)
+    flow[0, 0, 0] = [65520.0, -1e-8]  # overflow to inf, underflow to -0
+    encoded = schema.encode_flows(flow)
+    expected = [f.astype("<f2").tobytes() for f in flow]
+    assert encoded == expected
+
+
+def test_compressed_images_and_flow_are_stored_without_parquet_compression(tmp_path):
+    columns, _ = frame_columns()
+    relative = shard_writer.write_shard(str(tmp_path), "v-1", columns)
+    group = pq.ParquetFile(tmp_path / relative).metadata.row_group(0)
+    codecs = {
+        group.column(i).path_in_schema.split(".")[0]: group.column(i).compression
+        for i in range(group.num_columns)
+    }
+    assert {codecs[name] for name in schema.UNCOMPRESSED_COLUMNS} == {"UNCOMPRESSED"}
+    others = set(schema.FRAME_SCHEMA.names) - set(schema.UNCOMPRESSED_COLUMNS)
+    assert {codecs[name] for name in others} == {"ZSTD"}
