@@ -47,12 +47,12 @@ def head_prior(face_masks: np.ndarray, cfg: MaskConfig) -> np.ndarray:
     """
     t, h, w = face_masks.shape
     prior = np.zeros_like(face_masks, dtype=bool)
+    ellipse = np.zeros((h, w), np.uint8)
     for k in range(t):
-        ys, xs = np.nonzero(face_masks[k])
-        if len(ys) == 0:
+        left, top, fw, fh = cv2.boundingRect(face_masks[k].view(np.uint8))  # (0, 0, 0, 0) when empty
+        if fw == 0:
             continue
-        top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-        fh, fw = bottom - top + 1, right - left + 1
+        bottom, right = top + fh - 1, left + fw - 1
         y0 = max(0, int(top - cfg.hair_extent * fh))
         x0 = max(0, int(left - cfg.side_extent * fw))
         x1 = min(w, int(right + cfg.side_extent * fw) + 1)
@@ -60,11 +60,11 @@ def head_prior(face_masks: np.ndarray, cfg: MaskConfig) -> np.ndarray:
         # Neck and shoulders widen towards the bottom edge of the crop.
         prior[k, bottom:, max(0, x0 - fw // 2) : min(w, x1 + fw // 2)] = True
         # Round off the top corners of the box.
-        ellipse = np.zeros((h, w), np.uint8)
         centre = ((x0 + x1) // 2, (y0 + bottom) // 2)
         axes = (max(1, (x1 - x0) // 2), max(1, (bottom - y0) // 2 + 1))
+        ellipse[: centre[1]] = 0
         cv2.ellipse(ellipse, centre, axes, 0, 0, 360, 1, -1)
-        prior[k, : centre[1]] &= ellipse[: centre[1]].astype(bool)
+        prior[k, : centre[1]] &= ellipse[: centre[1]].view(bool)
     return prior | face_masks
 
 
@@ -98,8 +98,10 @@ def _clean(fg: np.ndarray, face: np.ndarray) -> np.ndarray:
     fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     count, labels = cv2.connectedComponents(fg, connectivity=8)
     if count > 2 and face.any():
-        keep = np.unique(labels[face & (labels > 0)])
-        fg = np.isin(labels, keep).astype(np.uint8)
+        keep = np.zeros(count, np.uint8)  # a look-up table over the labels: 1 for those on the face
+        keep[labels[face]] = 1
+        keep[0] = 0
+        fg = keep[labels]
     # Fill holes: background regions not connected to the image border become foreground.
     inverse = (1 - fg).astype(np.uint8)
     h, w = fg.shape
