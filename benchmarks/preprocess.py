@@ -13,6 +13,9 @@ first F of each) and reports:
   sequential_frames_per_cpu_s the same by this process's CPU time (one torch / OpenCV thread);
 - ray_overhead_share: 1 - (Ray frames/s) / (cores x sequential frames/s): the share of the ideal
   parallel throughput lost to scheduling, serialisation, object transfers, Ray start and idle cores;
+- startup_s: from the job's start until the first video's first stage began (planning, Ray start,
+  actor start: imports and models), a fixed cost per run; processing_frames_per_s and
+  ray_overhead_share_after_startup: the same measures over the processing window after it;
 - mask_iou_green_screen: IoU of the foreground masks against a chroma key on liveportrait_d0 (shot on
   a green screen), over the shard's frames.
 The last line printed is one JSON object.
@@ -125,6 +128,11 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
             for k, v in summary["stage_cpu_seconds"].items()
         },
         "ray_overhead_share": round(1.0 - ray_fps / (cores * sequential_fps), 3),
+        "startup_s": summary["startup_s"],
+        "processing_frames_per_s": summary["processing_frames_per_s"],
+        "ray_overhead_share_after_startup": round(
+            1.0 - summary["processing_frames_per_s"] / (cores * sequential_fps), 3
+        ),
         "mask_iou_green_screen": mask_iou(work / "out"),
         "target_frames_per_s": 50,
     }

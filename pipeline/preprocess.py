@@ -61,6 +61,7 @@ ROW_SEGMENT = "segment"  # 0-based segment number
 ROW_SEGMENTS = "segments"  # segments of the video
 ROW_STAGE_SECONDS = "stage_seconds"  # JSON {stage: wall-clock seconds}
 ROW_STAGE_CPU_SECONDS = "stage_cpu_seconds"  # JSON {stage: CPU seconds of the process running it}
+ROW_STARTED_AT = "started_at"  # Unix time the unit's first stage began
 # Heavy per-frame arrays, dropped from failed rows.
 HEAVY_KEYS = (
     "crops",
@@ -189,6 +190,7 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
     The video is fetched once (``LocalCopy``) for all its segments; only one segment's frames are in
     memory at a time. A video that cannot be opened or is too short yields one failed row.
     """
+    row[ROW_STARTED_AT] = time.time()
     if row[ROW_STATUS] != schema.STATUS_OK:
         yield row
         return
@@ -217,7 +219,9 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
             unit.update({ROW_VIDEO_ID: segment_id(row[ROW_VIDEO_ID], k, len(segments))})
             unit.update({ROW_SEGMENT: k, ROW_SEGMENTS: len(segments)})
             if k > 0:  # opening the video is counted once, in the first segment
-                unit.update({ROW_STAGE_SECONDS: "{}", ROW_STAGE_CPU_SECONDS: "{}"})
+                unit.update(
+                    {ROW_STAGE_SECONDS: "{}", ROW_STAGE_CPU_SECONDS: "{}", ROW_STARTED_AT: time.time()}
+                )
             unit = guarded("decode_crop", lambda r, f=frame_index: decode_crop(r, cfg, path, f))(unit)
             yield guarded("landmarks", lambda r: landmarks(r, cfg))(unit)
 
@@ -354,6 +358,8 @@ def record_of(row: Row, config_hash: str, seconds: float) -> dict:
         "seconds": round(seconds, 4),
         "stage_seconds": row[ROW_STAGE_SECONDS],
         "stage_cpu_seconds": row.get(ROW_STAGE_CPU_SECONDS, "{}"),
+        "started_at": float(row.get(ROW_STARTED_AT) or 0.0),
+        "finished_at": time.time(),
     }
 
 

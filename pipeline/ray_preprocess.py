@@ -186,7 +186,7 @@ def plan(
 
 def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=print) -> dict:
     """Runs the job: returns the run summary (also written to ``output``/summary.json)."""
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     preprocess.check_config(cfg.preprocess)
     cfg = resolve_model(cfg)
     sources, todo, cfg_hash = plan(cfg, input_uri, output)
@@ -242,6 +242,6 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
             sys.stdout.flush()
     records = shard_writer.read_records(output)
     shard_writer.write_videos_table(output, records)
-    summary = shard_writer.summarise(records, processed, time.perf_counter() - start)
+    summary = shard_writer.summarise(records, processed, time.perf_counter() - start, started_at)
     storage.write_text(storage.join(output, schema.SUMMARY), json.dumps(summary, indent=2))
     return summary

@@ -117,6 +117,8 @@ VIDEO_SCHEMA = pa.schema(
         ("seconds", pa.float32()),  # processing time of the video, all stages
         ("stage_seconds", pa.string()),  # JSON {stage: wall-clock seconds}
         ("stage_cpu_seconds", pa.string()),  # JSON {stage: CPU seconds}
+        ("started_at", pa.float64()),  # Unix time the unit's first stage began
+        ("finished_at", pa.float64()),  # Unix time its record was written
     ]
 )
 

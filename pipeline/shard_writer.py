@@ -60,9 +60,16 @@ def write_videos_table(output: str, records: list[dict]) -> None:
     storage.write_bytes(storage.join(output, schema.VIDEOS_TABLE), buffer.getvalue())
 
 
-def summarise(records: list[dict], processed_ids: set[str], wall_s: float) -> dict:
+def summarise(
+    records: list[dict], processed_ids: set[str], wall_s: float, run_started_at: float | None = None
+) -> dict:
     """Run summary: videos ok / failed by reason (all records), what this run did, frames and frames/s,
-    and the summed wall-clock and CPU seconds per stage of the videos processed in this run."""
+    and the summed wall-clock and CPU seconds per stage of the videos processed in this run.
+
+    With ``run_started_at`` (Unix time), also the run's start-up, ``startup_s`` (until the first unit's
+    first stage began: planning, Ray and actor start), and the processing window after it,
+    ``processing_s`` (until the last record was written), with ``processing_frames_per_s``.
+    """
     ok = [r for r in records if r["status"] == schema.STATUS_OK]
     failed = [r for r in records if r["status"] != schema.STATUS_OK]
     this_run = [r for r in records if r["video_id"] in processed_ids]
@@ -72,7 +79,7 @@ def summarise(records: list[dict], processed_ids: set[str], wall_s: float) -> di
     for r in this_run:
         stage_totals.update(json.loads(r.get("stage_seconds") or "{}"))
         stage_cpu_totals.update(json.loads(r.get("stage_cpu_seconds") or "{}"))
-    return {
+    summary = {
         "videos": len(records),
         "videos_ok": len(ok),
         "videos_failed": len(failed),
@@ -86,6 +93,13 @@ def summarise(records: list[dict], processed_ids: set[str], wall_s: float) -> di
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_totals.items())},
         "stage_cpu_seconds": {k: round(v, 3) for k, v in sorted(stage_cpu_totals.items())},
     }
+    started = [r["started_at"] for r in this_run if r.get("started_at")]
+    if run_started_at is not None and started:
+        processing_s = max(r["finished_at"] for r in this_run) - min(started)
+        summary["startup_s"] = round(min(started) - run_started_at, 3)
+        summary["processing_s"] = round(processing_s, 3)
+        summary["processing_frames_per_s"] = round(frames_this_run / max(processing_s, 1e-9), 2)
+    return summary
 
 
 def contact_sheet(

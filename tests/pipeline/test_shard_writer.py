@@ -52,6 +52,8 @@ def test_records_table_and_summary(tmp_path):
         config_hash="h",
         stage_seconds=json.dumps({"fit": 1.0, "decode_crop": 2.0}),
         stage_cpu_seconds=json.dumps({"fit": 0.75, "decode_crop": 1.5}),
+        started_at=1000.5,
+        finished_at=1002.0,
     )
     bad = base | dict(
         video_id="b",
@@ -62,6 +64,8 @@ def test_records_table_and_summary(tmp_path):
         config_hash="h",
         stage_seconds=json.dumps({"decode_crop": 0.5}),
         stage_cpu_seconds=json.dumps({"decode_crop": 0.25}),
+        started_at=1001.0,
+        finished_at=1001.5,
     )
     for record in (bad, ok):
         shard_writer.write_record(str(tmp_path), record)
@@ -70,11 +74,13 @@ def test_records_table_and_summary(tmp_path):
     shard_writer.write_videos_table(str(tmp_path), records)
     videos = pd.read_parquet(tmp_path / schema.VIDEOS_TABLE)
     assert list(videos["status"]) == ["ok", "failed"] and list(videos["reason"]) == ["", "no_face"]
-    summary = shard_writer.summarise(records, {"a", "b"}, wall_s=2.0)
+    summary = shard_writer.summarise(records, {"a", "b"}, wall_s=2.0, run_started_at=1000.0)
     assert summary["videos_ok"] == 1 and summary["failed_by_reason"] == {"no_face": 1}
     assert summary["frames_this_run"] == 10 and summary["frames_per_s"] == 5.0
     assert summary["stage_seconds"] == {"decode_crop": 2.5, "fit": 1.0}
     assert summary["stage_cpu_seconds"] == {"decode_crop": 1.75, "fit": 0.75}
+    assert summary["startup_s"] == 0.5 and summary["processing_s"] == 1.5
+    assert summary["processing_frames_per_s"] == round(10 / 1.5, 2)
     assert json.loads(videos["stage_cpu_seconds"][0]) == {"fit": 0.75, "decode_crop": 1.5}
 
 
