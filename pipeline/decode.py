@@ -164,10 +164,27 @@ def iter_frames(
     for start in range(0, len(indices), config.chunk_frames):
         chunk = indices[start : start + config.chunk_frames]
         try:
-            frames = reader.get_batch(chunk.tolist()).asnumpy()
+            frames = _decode_chunk(reader, chunk)
         except Exception as err:
             raise UnreadableVideo(f"{path}: decoding failed at frame {chunk[0]} ({err})") from err
         yield chunk, frames
+
+
+def _decode_chunk(reader, chunk: np.ndarray) -> np.ndarray:
+    """Frames ``chunk`` (N,) ascending of an open decord reader -> (N, H, W, 3) uint8.
+
+    Consecutive frames are read one by one: decord decodes the next frame without seeking, at about
+    two thirds of ``get_batch``'s CPU cost for the same frames (its batch path checks and seeks per
+    frame); sparse frames go through ``get_batch``, which is cheaper there. Same pixels either way.
+    """
+    if len(chunk) > 1 and np.all(np.diff(chunk) == 1):
+        first = reader[int(chunk[0])].asnumpy()
+        frames = np.empty((len(chunk), *first.shape), first.dtype)
+        frames[0] = first
+        for k, index in enumerate(chunk[1:].tolist(), start=1):
+            frames[k] = reader[index].asnumpy()
+        return frames
+    return reader.get_batch(chunk.tolist()).asnumpy()
 
 
 def check_length(info: VideoInfo, config: DecodeConfig = DecodeConfig()) -> np.ndarray:

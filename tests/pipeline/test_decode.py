@@ -67,6 +67,17 @@ def test_chunks_are_bounded_and_match_random_access(shared_videos):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1.0
 
 
+def test_consecutive_frames_decode_like_random_access(shared_videos):
+    """Stride 1 takes the frame-by-frame path, across chunk boundaries and from a segment's middle."""
+    path = shared_videos / "liveportrait_d0.mp4"
+    config = DecodeConfig(chunk_frames=16)
+    segment = np.arange(30, 70)
+    chunks = list(iter_frames(path, config, segment))
+    assert [len(index) for index, _ in chunks] == [16, 16, 8]
+    frames = np.concatenate([f for _, f in chunks])
+    np.testing.assert_array_equal(read_frames(path, [30, 45, 46, 69], config), frames[[0, 15, 16, 39]])
+
+
 def test_image_is_one_rgb_frame(tmp_path):
     image = np.zeros((20, 30, 3), np.uint8)
     image[..., 0] = 200  # red in RGB
