@@ -220,3 +220,76 @@ def test_real_clips_track(shared_videos, name):
     assert np.all((track.box_center_px > 0) & (track.box_center_px < [width, height]))
     step = np.linalg.norm(np.diff(track.box_center_px, axis=0), axis=1) / track.box_side_px[1:]
     assert step.max() < 0.05, step.max()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_area_resample_is_torch_area_interpolation(channels_last):
+    """The summed-area-table resampling behind detect_faces equals facenet's interpolate(mode="area") bit
+    for bit, for odd and even regions, up- and downscaling, anywhere in the image."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    from pipeline.face_track import _area_bounds, _area_resample, _summed_area_table
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 157, 212, 3), dtype=np.uint8)
+    table = _summed_area_table(images)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().contiguous()
+    for size in (12, 24, 48, 51):
+        for _ in range(10):
+            k = int(rng.integers(3))
+            y0, x0 = int(rng.integers(0, 150)), int(rng.integers(0, 200))
+            y1, x1 = int(rng.integers(y0 + 1, 158)), int(rng.integers(x0 + 1, 213))
+            rows = _area_bounds(np.array([y0]), np.array([y1 - y0]), size)
+            cols = _area_bounds(np.array([x0]), np.array([x1 - x0]), size + 3)
+            got = _area_resample(table, np.array([k]), rows, cols, channels_last)
+            want = interpolate(pixels[k : k + 1, :, y0:y1, x0:x1], size=(size, size + 3), mode="area")
+            assert torch.equal(got, (want - 127.5) * 0.0078125), (size, y0, y1, x0, x1)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            assert got.is_contiguous(memory_format=layout)
+
+
+def test_channels_last_max_pooling_is_exact():
+    """detect_faces runs MTCNN's nets channels-last for torch's fast pooling kernel; the pools (all ceil
+    mode) must give exactly what they give channels-first, for odd and even sizes."""
+    import torch
+
+    for kernel in (2, 3):
+        pool = torch.nn.MaxPool2d(kernel, 2, ceil_mode=True)
+        for size in (8, 9, 21, 22, 46, 49):
+            x = torch.randn(5, 7, size, size + 1)
+            assert torch.equal(pool(x.contiguous(memory_format=torch.channels_last)), pool(x))
+
+
+@pytest.mark.parametrize("name", ["liveportrait_d3", "liveportrait_s18"])
+def test_detect_faces_matches_facenet(shared_videos, name):
+    """Our MTCNN pipeline against facenet-pytorch's stock MTCNN.detect on real frames: exactly equal with
+    channels-first nets; detect_faces (channels-last) equal to rounding, with the same faces."""
+    import torch
+
+    from pipeline.face_track import _detect_face, _mtcnn, detect_faces
+
+    frames = read_frames(shared_videos / f"{name}.mp4", [0, 40, 80])
+    height, width = frames.shape[1:3]
+    factor = 320 / max(height, width)
+    size = (round(width * factor), round(height * factor))
+    small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    # MTCNN.detect takes (N, H, W, 3) and permutes it; made contiguous (N, 3, H, W) first, its nets run
+    # channels-first, as they did in detect_faces before it ran them channels-last.
+    pixels = torch.from_numpy(small).permute(0, 3, 1, 2).float().contiguous().permute(0, 2, 3, 1)
+    for smallest_face_px in (0.0, 120.0):
+        min_face_size = max(12, int(max(0.7 * 64, smallest_face_px) * factor) // 4 * 4)
+        mtcnn = _mtcnn(min_face_size)
+        with torch.inference_mode():
+            want_boxes, want_probs = mtcnn.detect(pixels)
+            exact = _detect_face(mtcnn, small, channels_last=False)
+        boxes, probs = detect_faces(frames, FaceTrackConfig(), smallest_face_px)
+        scale = np.array([width / size[0], height / size[1]] * 2)
+        for i in range(len(frames)):
+            assert want_boxes[i] is not None and len(want_boxes[i]) >= 1
+            want_box = np.asarray(want_boxes[i], np.float32)  # facenet returns object arrays
+            want_prob = np.asarray(want_probs[i], np.float32)
+            np.testing.assert_array_equal(exact[i][:, :4], want_box)
+            np.testing.assert_array_equal(exact[i][:, 4], want_prob)
+            np.testing.assert_allclose(boxes[i], want_box * scale, atol=0.01)
+            np.testing.assert_allclose(probs[i], want_prob, atol=1e-4)
