@@ -145,17 +145,21 @@ def read_frames(
 
 
 def iter_frames(
-    path: str | Path, config: DecodeConfig = DecodeConfig(), frame_index: np.ndarray | None = None
+    path: str | Path,
+    config: DecodeConfig = DecodeConfig(),
+    frame_index: np.ndarray | None = None,
+    info: VideoInfo | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Streams the kept frames in chunks: yields (frame_index (N,) int64, frames (N, H, W, 3) uint8 RGB).
 
     frame_index: which frames to stream (ascending, e.g. one segment); None: all kept frames.
+    info: ``video_info(path)`` when the caller has it (saves reading the header and first frame again).
     At most ``config.chunk_frames`` frames are in memory per chunk. Raises ``UnreadableVideo`` before
     the first chunk for undecodable inputs and ``TooShort`` for videos with fewer than
     ``config.min_frames`` kept frames.
     """
     path = Path(path)
-    info = video_info(path, config)
+    info = info or video_info(path, config)
     if info.is_image:
         yield np.zeros(1, np.int64), _load_image(path)[None]
         return

@@ -36,9 +36,9 @@ import torch
 from infra import storage
 from model.morphable_model import ModelConfig, MorphableModel
 from pipeline import schema, shard_writer
-from pipeline.decode import DecodeConfig, check_length, iter_frames, split_segments, video_info
+from pipeline.decode import DecodeConfig, check_length, split_segments, video_info
 from pipeline.errors import VideoRejected
-from pipeline.face_track import FaceTrackConfig, crop_faces, track_video
+from pipeline.face_track import FaceTrackConfig, track_and_crop
 from pipeline.fit_3dmm import FitConfig, fit_video
 from pipeline.flow import FlowConfig, optical_flow
 from pipeline.landmarks import LandmarkConfig, detect_landmarks
@@ -227,12 +227,9 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
 
 
 def decode_crop(row: Row, cfg: PreprocessConfig, path: str, frame_index: np.ndarray) -> Row:
-    """Tracks the face over the frames ``frame_index`` (T,) of the local video ``path`` and crops them."""
-    track = track_video(path, cfg.decode, cfg.track, frame_index)
-    crops = np.empty((len(track), track.crop_size, track.crop_size, 3), np.uint8)
-    for chunk, frames in iter_frames(path, cfg.decode, track.frame_index):
-        rows = track.rows(chunk)
-        crops[rows] = crop_faces(frames, rows, track)
+    """Tracks the face over the frames ``frame_index`` (T,) of the local video ``path`` and crops them,
+    in one decoding pass."""
+    track, crops = track_and_crop(path, cfg.decode, cfg.track, frame_index)
     row.update(
         crops=crops,
         frame_index=track.frame_index.astype(np.int64),

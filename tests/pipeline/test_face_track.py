@@ -6,13 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.decode import DecodeConfig, read_frames
+from pipeline.decode import DecodeConfig, iter_frames, read_frames
 from pipeline.errors import FaceTooSmall, MultipleFaces, NoFace, TooShort, TrackLost
 from pipeline.face_track import (
     Detections,
     FaceTrackConfig,
     crop_faces,
     detection_frames,
+    track_and_crop,
     track_from_detections,
     track_video,
 )
@@ -220,6 +221,39 @@ def test_real_clips_track(shared_videos, name):
     assert np.all((track.box_center_px > 0) & (track.box_center_px < [width, height]))
     step = np.linalg.norm(np.diff(track.box_center_px, axis=0), axis=1) / track.box_side_px[1:]
     assert step.max() < 0.05, step.max()
+
+
+def test_one_pass_track_and_crop_matches_track_then_crop(shared_videos):
+    """Cropping as frames stream by (each once its smoothed box is final) gives the two-pass result:
+    track_video, then crop_faces over iter_frames. Small chunks put many boxes at chunk edges."""
+    decode = DecodeConfig(max_frames=70, chunk_frames=16)
+    path = shared_videos / "sadtalker_WDA_KatieHill_000.mp4"
+    track, crops = track_and_crop(path, decode)
+    reference = track_video(path, decode)
+    expected = np.empty_like(crops)
+    for chunk, frames in iter_frames(path, decode):
+        rows = reference.rows(chunk)
+        expected[rows] = crop_faces(frames, rows, reference)
+    # MTCNN's batches differ (per chunk vs per 16 detection frames): float noise only.
+    np.testing.assert_allclose(track.crop_center_px, reference.crop_center_px, atol=1e-3)
+    np.testing.assert_allclose(track.crop_side_px, reference.crop_side_px, atol=1e-3)
+    assert np.array_equal(track.detected, reference.detected)
+    assert np.abs(crops.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_one_pass_rejects_a_lost_face_like_track_video(tmp_path, images):
+    """The face gone for longer than max_gap_frames: the one-pass path stops keeping frames and still
+    gives track_video's reason; a face that is back later does not rescue the video."""
+    face = np.full((256, 256, 3), 60, np.uint8)
+    face[48:208, 48:208] = cv2.resize(images("liveportrait_d8.jpg"), (160, 160))
+    empty = np.full_like(face, 60)
+    path = write_video(tmp_path / "gone.mp4", np.stack([face] * 30 + [empty] * 35 + [face] * 30))
+    decode = DecodeConfig(chunk_frames=8)
+    with pytest.raises(TrackLost, match="face lost for") as expected:
+        track_video(path, decode)
+    with pytest.raises(TrackLost, match="face lost for") as got:
+        track_and_crop(path, decode)
+    assert str(got.value) == str(expected.value)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
