@@ -54,11 +54,11 @@ import scipy.sparse as sp
 import torch
 from scipy.linalg import solveh_banded
 from scipy.spatial import cKDTree
-from threadpoolctl import threadpool_limits
 
 from model.camera import CAMERA_DIM, PITCH, ROLL, SCALE, TX, TY, euler_to_matrix, matrix_to_euler
 from model.morphable_model import N_LANDMARKS, MorphableModel
 from pipeline.errors import FitDiverged, TooShort
+from pipeline.fit_structured import single_threaded_blas
 
 # Outer eye corners (iBUG 68 markup) defining the inter-ocular distance.
 OUTER_EYE_CORNERS = (36, 45)
@@ -618,7 +618,7 @@ def fit_video(
     exceeds ``config.max_mean_error_iod``. Runs on one core: every product here is a batch of small
     per-frame matrices, where BLAS threads only add overhead (10x slower on a loaded machine).
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         return _fit_video(model, landmarks_px, weights, config)
 
 
