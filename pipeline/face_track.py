@@ -605,14 +605,17 @@ def track_and_crop(
 def _crop_final(
     pending: list[tuple[np.ndarray, np.ndarray]], final_up_to: int, track: FaceTrack, crops: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Crops the pending frames of rows <= final_up_to into ``crops`` (T, S, S, 3); returns the rest."""
+    """Crops the pending frames of rows <= final_up_to into ``crops`` (T, S, S, 3); returns the rest.
+
+    Each pending entry is a run of ascending rows, so its final rows are a prefix: split by slicing
+    (views, no copies of the frames)."""
     rest = []
     for rows, frames in pending:
-        done = rows <= final_up_to
-        if done.any():
-            crops[rows[done]] = crop_faces(frames[done], rows[done], track)
-        if not done.all():
-            rest.append((rows[~done], frames[~done]))
+        done = int(np.searchsorted(rows, final_up_to, side="right"))
+        if done:
+            crops[rows[:done]] = crop_faces(frames[:done], rows[:done], track)
+        if done < len(rows):
+            rest.append((rows[done:], frames[done:]))
     return rest
 
 
