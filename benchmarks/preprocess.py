@@ -43,7 +43,7 @@ from pipeline import schema
 from pipeline.manifest import discover_videos
 from pipeline.masks import chroma_key_ground_truth, iou
 from pipeline.nmfc import NmfcRenderer
-from pipeline.preprocess import process_video
+from pipeline.preprocess import load_models, process_video
 from pipeline.ray_preprocess import PreprocessJobConfig, resolve_model, run_preprocess
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
@@ -94,6 +94,7 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
     retain_freed_memory()
     model = load_morphable_model(cfg.preprocess.model.path)
     renderer = NmfcRenderer(model, cfg.preprocess.render)
+    load_models(cfg.preprocess)  # as the actors do in their constructors
     start = time.perf_counter()
     start_cpu = time.process_time()
     sequential_frames = 0

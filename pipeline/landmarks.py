@@ -220,6 +220,15 @@ def landmarks_fan(crops: np.ndarray, face_boxes_px: np.ndarray, config: Landmark
     return out
 
 
+def load_landmark_model(config: LandmarkConfig = LandmarkConfig()) -> None:
+    """Loads the configured backend's model ahead of the first video (the dlib predictor file is 100 MB);
+    raises FileNotFoundError like ``detect_landmarks`` when it is missing."""
+    if config.backend == "dlib":
+        _dlib_predictor(str(dlib_model_path(config)))
+    elif config.backend == "fan":
+        _fan_network(str(fan_weights_path(config)), config.device, config.fan_modules)
+
+
 def detect_landmarks(
     crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()
 ) -> np.ndarray:

@@ -38,10 +38,10 @@ from model.morphable_model import ModelConfig, MorphableModel
 from pipeline import schema, shard_writer
 from pipeline.decode import DecodeConfig, check_length, split_segments, video_info
 from pipeline.errors import VideoRejected
-from pipeline.face_track import FaceTrackConfig, track_and_crop
+from pipeline.face_track import FaceTrackConfig, load_detector, track_and_crop
 from pipeline.fit_3dmm import FitConfig, fit_video
 from pipeline.flow import FlowConfig, optical_flow
-from pipeline.landmarks import LandmarkConfig, detect_landmarks
+from pipeline.landmarks import LandmarkConfig, detect_landmarks, load_landmark_model
 from pipeline.manifest import VideoSource
 from pipeline.masks import MaskConfig, foreground_masks, landmark_face_masks
 from pipeline.nmfc import NmfcConfig, NmfcRenderer
@@ -96,6 +96,15 @@ class PreprocessConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def load_models(cfg: PreprocessConfig) -> None:
+    """Loads the face detector and the landmark model ahead of the first video (an actor's constructor
+    calls it), so their ~3 s of imports and weights count as start-up, not as the first video's stage
+    time. A missing model file is left for the landmarks stage to report, per video, as before."""
+    load_detector()
+    with contextlib.suppress(FileNotFoundError):
+        load_landmark_model(cfg.landmarks)
 
 
 def new_row(source: VideoSource) -> Row:

@@ -94,6 +94,7 @@ class _DecodeLandmarks:
 
     def __init__(self, cfg: PreprocessConfig, threads: int) -> None:
         _limit_threads(threads)
+        preprocess.load_models(cfg)
         self.cfg = cfg
 
     def __call__(self, row: dict) -> Iterator[dict]:
@@ -127,6 +128,7 @@ class _Preprocess:
 
     def __init__(self, cfg: PreprocessConfig, output: str, cfg_hash: str, threads: int) -> None:
         self.fit_render_write = _FitRenderWrite(cfg, output, cfg_hash, threads)
+        preprocess.load_models(cfg)
         self.cfg = cfg
 
     def __call__(self, row: dict) -> Iterator[dict]:

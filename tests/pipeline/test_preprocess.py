@@ -48,3 +48,16 @@ def test_long_video_is_processed_whole_in_segments_and_counts_as_done(tmp_path, 
     assert plan(cfg, str(manifest), out)[1] == []
     (tmp_path / "out" / schema.RECORDS_DIR / f"{records[1]['video_id']}.json").unlink()
     assert plan(cfg, str(manifest), out)[1] == [source]
+
+
+def test_models_load_ahead_and_a_missing_model_is_left_to_the_stage(tmp_path):
+    """Actors load the detector and landmark model in their constructors; a missing landmark file does
+    not fail the actor (each video then fails its landmarks stage with the file named)."""
+    from pipeline import face_track, landmarks
+    from pipeline.preprocess import PreprocessConfig, load_models
+
+    missing = PreprocessConfig(landmarks=landmarks.LandmarkConfig(dlib_model_path=str(tmp_path / "no.dat")))
+    load_models(missing)
+    assert face_track._mtcnn.cache_info().currsize >= 1
+    load_models(PreprocessConfig())
+    assert landmarks._dlib_predictor.cache_info().currsize >= 1
