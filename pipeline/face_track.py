@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from pipeline.decode import DecodeConfig, check_length, iter_frames, read_frames, video_info
+from pipeline.decode import DecodeConfig, VideoInfo, check_length, iter_frames, read_frames, video_info
 from pipeline.errors import FaceTooSmall, MultipleFaces, NoFace, TrackLost
 
 
@@ -508,9 +508,11 @@ def track_from_detections(
     return linker.finish(frame_index, frame_hw)
 
 
-def _kept_frames(path, decode_config: DecodeConfig, frame_index: np.ndarray | None):
+def _kept_frames(
+    path, decode_config: DecodeConfig, frame_index: np.ndarray | None, info: VideoInfo | None = None
+):
     """(video info, the kept frames to track: all, or ``frame_index`` (T,) ascending)."""
-    info = video_info(path, decode_config)
+    info = info or video_info(path, decode_config)
     all_kept = check_length(info, decode_config)
     frame_index = all_kept if frame_index is None or info.is_image else np.asarray(frame_index, np.int64)
     return info, frame_index
@@ -558,6 +560,7 @@ def track_and_crop(
     decode_config: DecodeConfig | None = None,
     config: FaceTrackConfig = FaceTrackConfig(),
     frame_index: np.ndarray | None = None,
+    info: VideoInfo | None = None,
 ) -> tuple[FaceTrack, np.ndarray]:
     """``track_video`` and the crops of every tracked frame, in one decoding pass: (track, crops (T, S,
     S, 3) uint8). The same track and crops as ``track_video`` then ``crop_faces`` over ``iter_frames``,
@@ -572,9 +575,10 @@ def track_and_crop(
     radius plus the frames since the last found face are held, and once the face has been missing for
     more than ``max_gap_frames`` (the video is then rejected whatever follows) no frames are kept;
     detection goes on to the end, so a rejected video gets the same reason as with ``track_video``.
+    ``info``: the video's ``video_info``, when the caller has read it already.
     """
     decode_config = decode_config or DecodeConfig()
-    info, frame_index = _kept_frames(path, decode_config, frame_index)
+    info, frame_index = _kept_frames(path, decode_config, frame_index, info)
     frame_hw = (info.height, info.width)
     if info.is_image:
         track = track_video(path, decode_config, config)

@@ -36,7 +36,7 @@ import torch
 from infra import storage
 from model.morphable_model import ModelConfig, MorphableModel
 from pipeline import schema, shard_writer
-from pipeline.decode import DecodeConfig, check_length, split_segments, video_info
+from pipeline.decode import DecodeConfig, VideoInfo, check_length, split_segments, video_info
 from pipeline.errors import VideoRejected
 from pipeline.face_track import FaceTrackConfig, load_detector, track_and_crop
 from pipeline.fit_3dmm import FitConfig, fit_video
@@ -204,12 +204,13 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
         yield row
         return
     with contextlib.ExitStack() as stack:
-        opened: list[tuple[str, list[np.ndarray]]] = []
+        opened: list[tuple[str, VideoInfo, list[np.ndarray]]] = []
 
         def open_video(r: Row) -> Row:
             path = stack.enter_context(LocalCopy(r[ROW_URI]))
             info = video_info(path, cfg.decode)
-            opened.append((path, split_segments(check_length(info, cfg.decode), cfg.decode.segment_frames)))
+            segments = split_segments(check_length(info, cfg.decode), cfg.decode.segment_frames)
+            opened.append((path, info, segments))
             r.update(
                 fps=float(info.fps),
                 width=int(info.width),
@@ -222,7 +223,7 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
         if row[ROW_STATUS] != schema.STATUS_OK:
             yield row
             return
-        path, segments = opened[0]
+        path, info, segments = opened[0]
         for k, frame_index in enumerate(segments):
             unit = dict(row)
             unit.update({ROW_VIDEO_ID: segment_id(row[ROW_VIDEO_ID], k, len(segments))})
@@ -231,14 +232,16 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
                 unit.update(
                     {ROW_STAGE_SECONDS: "{}", ROW_STAGE_CPU_SECONDS: "{}", ROW_STARTED_AT: time.time()}
                 )
-            unit = guarded("decode_crop", lambda r, f=frame_index: decode_crop(r, cfg, path, f))(unit)
+            unit = guarded("decode_crop", lambda r, f=frame_index: decode_crop(r, cfg, path, f, info))(unit)
             yield guarded("landmarks", lambda r: landmarks(r, cfg))(unit)
 
 
-def decode_crop(row: Row, cfg: PreprocessConfig, path: str, frame_index: np.ndarray) -> Row:
-    """Tracks the face over the frames ``frame_index`` (T,) of the local video ``path`` and crops them,
-    in one decoding pass."""
-    track, crops = track_and_crop(path, cfg.decode, cfg.track, frame_index)
+def decode_crop(
+    row: Row, cfg: PreprocessConfig, path: str, frame_index: np.ndarray, info: VideoInfo | None = None
+) -> Row:
+    """Tracks the face over the frames ``frame_index`` (T,) of the local video ``path`` (``info``: its
+    ``video_info``, when already read) and crops them, in one decoding pass."""
+    track, crops = track_and_crop(path, cfg.decode, cfg.track, frame_index, info)
     row.update(
         crops=crops,
         frame_index=track.frame_index.astype(np.int64),
