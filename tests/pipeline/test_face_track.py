@@ -242,8 +242,9 @@ def test_one_pass_track_and_crop_matches_track_then_crop(shared_videos):
 
 
 def test_one_pass_rejects_a_lost_face_like_track_video(tmp_path, images):
-    """The face gone for longer than max_gap_frames: the one-pass path stops keeping frames and still
-    gives track_video's reason; a face that is back later does not rescue the video."""
+    """The face gone for longer than max_gap_frames: the one-pass path (which then stops keeping frames;
+    that memory bound itself is not observed here) gives track_video's reason and message; a face that
+    is back later does not rescue the video."""
     face = np.full((256, 256, 3), 60, np.uint8)
     face[48:208, 48:208] = cv2.resize(images("liveportrait_d8.jpg"), (160, 160))
     empty = np.full_like(face, 60)
