@@ -9,11 +9,14 @@ user may have written with inline credentials before printing it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import fsspec
 
@@ -95,21 +98,35 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Writes ``data`` so that readers never see a partial file.
+@contextlib.contextmanager
+def atomic_writer(uri: str) -> Iterator[BinaryIO]:
+    """A binary file to write ``uri`` through, so that readers never see a partial file.
 
-    Local files are written beside the target and renamed into place; an S3 PUT is atomic by itself.
+    Local files are written beside the target and renamed into place when the block ends (removed if it
+    raises); S3 objects are buffered in memory and sent in one PUT, atomic by itself, when it ends.
     """
     fs, path = filesystem(uri)
     if is_local(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
+        buffer = io.BytesIO()
+        yield buffer
         with fs.open(path, "wb") as f:
-            f.write(data)
+            f.write(buffer.getbuffer())
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes ``data`` so that readers never see a partial file (``atomic_writer``)."""
+    with atomic_writer(uri) as f:
+        f.write(data)
 
 
 def write_text(uri: str, text: str) -> None:

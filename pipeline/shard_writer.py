@@ -24,18 +24,14 @@ def shard_path(video_id: str) -> str:
     return f"{schema.SHARDS_DIR}/{video_id}.parquet"
 
 
-def write_shard(output: str, video_id: str, columns: dict[str, list]) -> str:
-    """Writes one video's frame rows (``schema.FRAME_SCHEMA`` columns) in one atomic put.
-
-    Returns the shard's path relative to ``output``.
+def write_shard(output: str, video_id: str, columns: dict[str, list | pa.Array | pa.ChunkedArray]) -> str:
+    """Writes one video's frame rows (``schema.FRAME_SCHEMA`` columns) atomically (``storage.atomic_writer``):
+    readers never see a partial shard. Returns the shard's path relative to ``output``.
     """
-    table = pa.Table.from_pydict(columns, schema=schema.FRAME_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(
-        table, buffer, row_group_size=schema.ROW_GROUP_FRAMES, compression=schema.FRAME_COMPRESSION
-    )
+    table = pa.table(columns, schema=schema.FRAME_SCHEMA)
     relative = shard_path(video_id)
-    storage.write_bytes(storage.join(output, *relative.split("/")), buffer.getvalue())
+    with storage.atomic_writer(storage.join(output, *relative.split("/"))) as f:
+        pq.write_table(table, f, row_group_size=schema.ROW_GROUP_FRAMES, compression=schema.FRAME_COMPRESSION)
     return relative
 
 

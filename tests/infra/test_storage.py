@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 from infra import storage
 from infra.config import load_config, save_config
@@ -15,6 +16,16 @@ def test_local_paths_and_file_uris_are_the_same_place(tmp_path):
     assert storage.list_files(f"file://{tmp_path}", [".txt"]) == [str(tmp_path / "a" / "b.txt")]
     # Atomic writes leave no temporary files behind.
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]
+
+
+def test_an_atomic_write_that_fails_leaves_nothing_and_keeps_the_old_file(tmp_path, s3_env):
+    for target in (str(tmp_path / "x.bin"), storage.join(s3_env, "atomic", "x.bin")):
+        storage.write_bytes(target, b"old")
+        with pytest.raises(RuntimeError), storage.atomic_writer(target) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("the writer died")
+        assert storage.read_bytes(target) == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
 def test_s3_round_trip_through_a_real_s3_api(s3_env):
