@@ -172,17 +172,16 @@ class NmfcRenderer:
         Frames are rasterised ``config.batch_frames`` at a time. uint8: images as uint8 (the stored
         format, ``nmfc_to_uint8`` of the float images) instead of float32.
         """
-        parts = []
+        height, width = self.config.image_size
+        index_dtype = getattr(torch, self.config.rasterize.index_dtype)
+        pix_to_face = torch.empty((len(camera), height, width), dtype=index_dtype, device=self.device)
         step = max(1, self.config.batch_frames)
         for first in range(0, len(camera), step):
             frames = slice(first, first + step)
             verts_px = self.vertices_px(identity[frames], expression[frames], camera[frames])
-            parts.append(encode_nmfc(self.rasterize(verts_px).pix_to_face, self.colors, uint8))
-        if not parts:
-            height, width = self.config.image_size
-            empty = torch.full((0, height, width), -1, dtype=torch.int64, device=self.device)
-            return encode_nmfc(empty, self.colors, uint8)
-        return parts[0] if len(parts) == 1 else NmfcImages(*(torch.cat(p) for p in zip(*parts)))
+            pix_to_face[frames] = self.rasterize(verts_px).pix_to_face
+        # One colour lookup for all frames: no per-batch images to concatenate (a copy of every output).
+        return encode_nmfc(pix_to_face, self.colors, uint8)
 
     def mouth_boxes(
         self, identity: torch.Tensor, expression: torch.Tensor, camera: torch.Tensor
