@@ -58,6 +58,17 @@ def test_shape_problem_is_the_exact_projection(ict_model):
     assert problem.energy(track.identity, track.expression) == pytest.approx(np.sum((matrix @ x - rhs) ** 2))
 
 
+def test_identity_gram_from_landmark_blocks_equals_the_jacobian_product(ict_model):
+    # A turned head (some jaw landmarks on their silhouette substitutes) with uneven weights.
+    track = synthetic_track(ict_model, 12, seed=5, max_yaw_deg=40.0)
+    problem = _problem_at_truth(ict_model, track)
+    basis = F.LandmarkBasis.from_model(ict_model)
+    choice = basis.choose(basis.candidate_points(track.identity, track.expression), track.camera)
+    assert choice.any()  # the substitute rows are exercised
+    a = problem.jac_identity
+    np.testing.assert_allclose(problem.identity_gram, np.einsum("tri,trj->ij", a, a), rtol=1e-10, atol=1e-14)
+
+
 def test_camera_estimate_recovers_pose_of_turned_heads(ict_model):
     track = synthetic_track(ict_model, 12, seed=4, max_yaw_deg=45, noise_px=0.0, occluded_per_frame=0)
     points = np.repeat(ict_model.mean[ict_model.landmarks][None].astype(np.float64), 12, 0)
