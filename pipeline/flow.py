@@ -1,7 +1,8 @@
 """Optical flow between consecutive real frames, for the temporal discriminator.
 
 Backends behind one function:
-- ``dis`` (default, CPU, no weights): OpenCV's DIS optical flow, fast preset, on grey crops.
+- ``dis`` (default, CPU, no weights): OpenCV's DIS optical flow on grey crops, ``dis_preset``
+  (``benchmarks/flow.py`` compares the presets by cost and by ``warp_error``).
 - ``farneback``: OpenCV's Farneback dense flow (slower, smoother).
 - ``raft``: torchvision's RAFT-small with weights from a configured local file (``weights_path``);
   never downloaded. Worth it on a GPU.
@@ -18,10 +19,20 @@ from typing import Literal
 import cv2
 import numpy as np
 
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
 
 @dataclass(frozen=True)
 class FlowConfig:
     backend: Literal["dis", "farneback", "raft"] = "dis"
+    # benchmarks/flow.py (4 shared clips, 256 px crops): ultrafast 0.96 ms a frame with a mean warp error
+    # of 1.480 grey levels, fast 2.72 ms with 1.454, medium 11.7 ms with 1.275 (zero flow: 2.773), so
+    # ultrafast keeps 98% of fast's improvement over no flow at a third of its cost.
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
     weights_path: str | None = None  # raft: local torchvision raft_small state dict
     device: str = "cpu"
 
@@ -67,13 +78,37 @@ def optical_flow(images: np.ndarray, cfg: FlowConfig, raft: RaftFlow | None = No
         return flow
     grey = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in images]
     if cfg.backend == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
         for k in range(t - 1):
             flow[k] = dis.calc(grey[k], grey[k + 1], None)
     else:
         for k in range(t - 1):
             flow[k] = cv2.calcOpticalFlowFarneback(grey[k], grey[k + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
     return flow
+
+
+def warp_error(images: np.ndarray, flow: np.ndarray) -> float:
+    """How well the flow explains the motion: mean absolute grey-level difference between each frame and
+    its successor sampled along the flow (``frame_t(p) ~ frame_{t+1}(p + flow_t(p))``, bilinear).
+
+    images (T, H, W, 3) uint8 RGB, flow (T, H, W, 2) from ``optical_flow`` -> float (0 is a perfect fit).
+    """
+    if len(images) < 2:
+        return 0.0
+    grey = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) for image in images]
+    h, w = grey[0].shape
+    x, y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    errors = []
+    for k in range(len(images) - 1):
+        warped = cv2.remap(
+            grey[k + 1],
+            x + flow[k, ..., 0],
+            y + flow[k, ..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        errors.append(np.abs(warped - grey[k]).mean())
+    return float(np.mean(errors))
 
 
 def flow_to_rgb(flow: np.ndarray, max_px: float | None = None) -> np.ndarray:
