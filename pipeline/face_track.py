@@ -31,6 +31,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from pipeline.decode import DecodeConfig, VideoInfo, check_length, iter_frames, read_frames, video_info
 from pipeline.errors import FaceTooSmall, MultipleFaces, NoFace, TrackLost
+from pipeline.mtcnn import Mtcnn, detect
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,15 +157,12 @@ class FaceTrack:
 
 
 @functools.lru_cache(maxsize=32)
-def _mtcnn(min_face_size: int):
-    from facenet_pytorch import MTCNN
-
-    return MTCNN(keep_all=True, device="cpu", min_face_size=min_face_size, post_process=False)
+def _mtcnn(min_face_size: int) -> Mtcnn:
+    return Mtcnn(min_face_size)
 
 
 def load_detector() -> None:
-    """Imports facenet-pytorch and loads MTCNN's weights (~2 s, once per process) ahead of the first
-    detection; later sizes of ``_mtcnn`` reuse the imports (~25 ms each)."""
+    """Loads MTCNN's weights (once per process, ~50 ms) ahead of the first detection."""
     _mtcnn(12)
 
 
@@ -191,176 +189,13 @@ def detect_faces(
     smallest_px = max(0.7 * config.min_face_px, smallest_face_px)
     min_face_size = max(12, int(smallest_px * factor) // 4 * 4)
     with torch.inference_mode():
-        detected = _detect_face(_mtcnn(min_face_size), small)
+        detected = detect(_mtcnn(min_face_size), small)
     out_boxes, out_probs = [], []
     scale = np.array([width / small.shape[2], height / small.shape[1]] * 2, np.float32)
     for box in detected:
         out_boxes.append(box[:, :4] * scale)
         out_probs.append(box[:, 4].copy())
     return out_boxes, out_probs
-
-
-def _detect_face(mtcnn, images: np.ndarray, channels_last: bool = True) -> list[np.ndarray]:
-    """facenet-pytorch's ``detect_face`` and ``MTCNN.detect`` (keep_all, largest first, no landmarks),
-    rearranged for speed on one CPU core: images (N, H, W, 3) uint8 -> per image (F, 5) float32
-    [x0, y0, x1, y1, prob], sorted by decreasing box area.
-
-    Two changes, ~2x less CPU time overall:
-    - Area resampling (the image pyramid and the 24 / 48 px crops of every candidate box for RNet /
-      ONet; facenet calls ``interpolate(mode="area")`` once per box, ~0.3 ms each for hundreds of boxes)
-      is read off one summed-area table of the uint8 images (``_area_resample``): bit-identical, as
-      the window sums of integer pixels are exact either way and the division is the same.
-    - The nets see channels-last inputs, so every layer runs in that layout; torch's CPU max pooling
-      is 4-10x faster there (channels-first ``max_pool2d_with_indices`` was a third of the time), and
-      the convolutions faster too. The pools are exact; the convolutions sum in another order, which
-      moves the nets' outputs by ~1e-6, boxes by < 1e-3 px and probabilities by ~1e-7 on the shared
-      clips (a candidate scoring within that of a stage threshold could flip; none there does).
-    Boxes whose crop is empty are dropped before RNet / ONet (facenet would fail on them). With
-    ``channels_last=False`` the nets run channels-first and the result is facenet's, bit for bit.
-    """
-    from facenet_pytorch.models.utils.detect_face import (
-        batched_nms,
-        batched_nms_numpy,
-        bbreg,
-        fixed_batch_process,
-        generateBoundingBox,
-        rerec,
-    )
-
-    num, h, w = images.shape[:3]
-    table = _summed_area_table(images)
-    threshold, pnet, rnet, onet = mtcnn.thresholds, mtcnn.pnet, mtcnn.rnet, mtcnn.onet
-
-    # Scale pyramid, as facenet's: the first level makes a min_face_size face 12 px.
-    m = 12.0 / mtcnn.min_face_size
-    minl = min(h, w) * m
-    scale_i, scales = m, []
-    while minl >= 12:
-        scales.append(scale_i)
-        scale_i = scale_i * mtcnn.factor
-        minl = minl * mtcnn.factor
-
-    # First stage: PNet on every level; NMS within each level and image, then within each image.
-    all_images = np.arange(num)
-    boxes, image_inds, scale_picks, offset = [], [], [], 0
-    for scale in scales:
-        hs, ws = int(h * scale + 1), int(w * scale + 1)
-        rows = np.broadcast_to(_area_bounds(np.zeros(1, np.int64), np.full(1, h), hs), (num, hs, 2))
-        cols = np.broadcast_to(_area_bounds(np.zeros(1, np.int64), np.full(1, w), ws), (num, ws, 2))
-        reg, probs = pnet(_area_resample(table, all_images, rows, cols, channels_last))
-        boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale, threshold[0])
-        boxes.append(boxes_scale)
-        image_inds.append(image_inds_scale)
-        pick = batched_nms(boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
-        scale_picks.append(pick + offset)
-        offset += boxes_scale.shape[0]
-    boxes, image_inds = torch.cat(boxes, dim=0), torch.cat(image_inds, dim=0)
-    scale_picks = torch.cat(scale_picks, dim=0)
-    boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
-    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-    boxes, image_inds = boxes[pick], image_inds[pick]
-    regw = boxes[:, 2] - boxes[:, 0]
-    regh = boxes[:, 3] - boxes[:, 1]
-    qq1 = boxes[:, 0] + boxes[:, 5] * regw
-    qq2 = boxes[:, 1] + boxes[:, 6] * regh
-    qq3 = boxes[:, 2] + boxes[:, 7] * regw
-    qq4 = boxes[:, 3] + boxes[:, 8] * regh
-    boxes = rerec(torch.stack([qq1, qq2, qq3, qq4, boxes[:, 4]]).permute(1, 0))
-
-    # Second stage: RNet on 24 px crops of the candidates.
-    if len(boxes) > 0:
-        boxes, image_inds, im_data = _crops(table, boxes, image_inds, 24, channels_last)
-    if len(boxes) > 0:
-        out = fixed_batch_process(im_data, rnet)
-        score = out[1][:, 1]
-        ipass = score > threshold[1]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds, mv = image_inds[ipass], out[0][ipass]
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
-        boxes = rerec(bbreg(boxes, mv))
-
-    # Third stage: ONet on 48 px crops; NMS by the overlap relative to the smaller box.
-    if len(boxes) > 0:
-        boxes, image_inds, im_data = _crops(table, boxes, image_inds, 48, channels_last)
-    if len(boxes) > 0:
-        out = fixed_batch_process(im_data, onet)
-        score = out[2][:, 1]
-        ipass = score > threshold[2]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds, mv = image_inds[ipass], out[0][ipass]
-        boxes = bbreg(boxes, mv)
-        pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-        boxes, image_inds = boxes[pick], image_inds[pick]
-
-    boxes, image_inds = boxes.numpy(), image_inds.numpy()
-    detected = []
-    for i in range(num):
-        box = boxes[image_inds == i]
-        order = np.argsort((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))[::-1]
-        detected.append(np.asarray(box[order], np.float32).reshape(-1, 5))
-    return detected
-
-
-def _summed_area_table(images: np.ndarray) -> np.ndarray:
-    """images (N, H, W, 3) uint8 -> (N, H + 1, W + 1, 3) int32 summed-area table: [n, y, x] = sum of
-    images[n, :y, :x] per channel (exact up to 8.4 Mpx frames)."""
-    return np.stack([cv2.integral(image, sdepth=cv2.CV_32S) for image in images])
-
-
-def _area_bounds(start: np.ndarray, length: np.ndarray, size: int) -> np.ndarray:
-    """Source windows of area resampling ``length`` pixels from ``start`` to ``size`` pixels, as torch's
-    adaptive average pooling takes them: start, length (K,) int -> (K, size, 2) [first, end) pixels."""
-    o = np.arange(size)
-    first = start[:, None] + o * length[:, None] // size
-    end = start[:, None] - (-(o + 1) * length[:, None] // size)  # ceil division
-    return np.stack([first, end], -1)
-
-
-def _area_resample(
-    table: np.ndarray, image: np.ndarray, rows: np.ndarray, cols: np.ndarray, channels_last: bool = True
-) -> torch.Tensor:
-    """Area-resampled image regions, scaled to [-1, 1) as MTCNN's nets expect: table (N, H + 1, W + 1, C)
-    from ``_summed_area_table``, image (K,) int, rows (K, h, 2) and cols (K, w, 2) from ``_area_bounds``
-    -> (K, C, h, w) float32, channels-last (or contiguous).
-
-    Bit-identical to ``interpolate(mode="area")`` (adaptive average pooling) of the float image: its
-    float32 window sums of integers are exact (below 2^24, i.e. windows under 65k pixels), as are these,
-    and it divides in float32 by the window height, then width, as here.
-    """
-    _, height, width, channels = table.shape
-    pixels = table.reshape(-1, channels)  # corners are looked up by their index in here
-    row_start = image[:, None, None] * (height * width) + rows * width  # (K, h, 2)
-    y0, y1 = row_start[:, :, None, 0], row_start[:, :, None, 1]
-    x0, x1 = cols[:, None, :, 0], cols[:, None, :, 1]
-    corner = lambda index: np.take(pixels, index, axis=0)  # noqa: E731
-    sums = corner(y1 + x1) - corner(y0 + x1) - corner(y1 + x0) + corner(y0 + x0)  # (K, h, w, C)
-    rows_px = (rows[..., 1] - rows[..., 0]).astype(np.float32)[:, :, None, None]
-    cols_px = (cols[..., 1] - cols[..., 0]).astype(np.float32)[:, None, :, None]
-    mean = sums.astype(np.float32) / rows_px / cols_px
-    mean = torch.from_numpy((mean - np.float32(127.5)) * np.float32(0.0078125)).permute(0, 3, 1, 2)
-    return mean if channels_last else mean.contiguous()
-
-
-def _crops(
-    table: np.ndarray, boxes: torch.Tensor, image_inds: torch.Tensor, size: int, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The boxes (B, 5) of images image_inds (B,) cut out as facenet does (corners truncated to ints
-    and clipped to the image) and area-resampled to size x size: -> kept boxes (K, 5), image_inds (K,)
-    and crops (K, 3, size, size) (K < B only when a box's crop is empty)."""
-    from facenet_pytorch.models.utils.detect_face import pad
-
-    h, w = table.shape[1] - 1, table.shape[2] - 1
-    y, ey, x, ex = pad(boxes, w, h)  # 1-based first row / column, last (inclusive), as int32
-    keep = (ey > y - 1) & (ex > x - 1)
-    if not keep.all():
-        keep_t = torch.from_numpy(keep)
-        boxes, image_inds = boxes[keep_t], image_inds[keep_t]
-        y, ey, x, ex = y[keep], ey[keep], x[keep], ex[keep]
-    y0, x0 = y.astype(np.int64) - 1, x.astype(np.int64) - 1
-    rows = _area_bounds(y0, ey - y0, size)
-    cols = _area_bounds(x0, ex - x0, size)
-    return boxes, image_inds, _area_resample(table, image_inds.numpy(), rows, cols, channels_last)
 
 
 def detection_frames(frame_index: np.ndarray, detect_every: int) -> np.ndarray:

@@ -264,20 +264,20 @@ def test_area_resample_is_torch_area_interpolation(channels_last):
     import torch
     from torch.nn.functional import interpolate
 
-    from pipeline.face_track import _area_bounds, _area_resample, _summed_area_table
+    from pipeline.mtcnn import area_bounds, area_resample, summed_area_table
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 157, 212, 3), dtype=np.uint8)
-    table = _summed_area_table(images)
+    table = summed_area_table(images)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().contiguous()
     for size in (12, 24, 48, 51):
         for _ in range(10):
             k = int(rng.integers(3))
             y0, x0 = int(rng.integers(0, 150)), int(rng.integers(0, 200))
             y1, x1 = int(rng.integers(y0 + 1, 158)), int(rng.integers(x0 + 1, 213))
-            rows = _area_bounds(np.array([y0]), np.array([y1 - y0]), size)
-            cols = _area_bounds(np.array([x0]), np.array([x1 - x0]), size + 3)
-            got = _area_resample(table, np.array([k]), rows, cols, channels_last)
+            rows = area_bounds(np.array([y0]), np.array([y1 - y0]), size)
+            cols = area_bounds(np.array([x0]), np.array([x1 - x0]), size + 3)
+            got = area_resample(table, np.array([k]), rows, cols, channels_last)
             want = interpolate(pixels[k : k + 1, :, y0:y1, x0:x1], size=(size, size + 3), mode="area")
             assert torch.equal(got, (want - 127.5) * 0.0078125), (size, y0, y1, x0, x1)
             layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -298,11 +298,14 @@ def test_channels_last_max_pooling_is_exact():
 
 @pytest.mark.parametrize("name", ["liveportrait_d3", "liveportrait_s18"])
 def test_detect_faces_matches_facenet(shared_videos, name):
-    """Our MTCNN pipeline against facenet-pytorch's stock MTCNN.detect on real frames: exactly equal with
-    channels-first nets; detect_faces (channels-last) equal to rounding, with the same faces."""
+    """Our MTCNN (own nets with facenet's weights, own NMS, no facenet import) against facenet-pytorch's
+    stock MTCNN.detect on real frames: exactly equal with channels-first nets; detect_faces
+    (channels-last) equal to rounding, with the same faces."""
     import torch
+    from facenet_pytorch import MTCNN
 
-    from pipeline.face_track import _detect_face, _mtcnn, detect_faces
+    from pipeline.face_track import detect_faces
+    from pipeline.mtcnn import Mtcnn, detect
 
     frames = read_frames(shared_videos / f"{name}.mp4", [0, 40, 80])
     height, width = frames.shape[1:3]
@@ -314,10 +317,10 @@ def test_detect_faces_matches_facenet(shared_videos, name):
     pixels = torch.from_numpy(small).permute(0, 3, 1, 2).float().contiguous().permute(0, 2, 3, 1)
     for smallest_face_px in (0.0, 120.0):
         min_face_size = max(12, int(max(0.7 * 64, smallest_face_px) * factor) // 4 * 4)
-        mtcnn = _mtcnn(min_face_size)
+        stock = MTCNN(keep_all=True, device="cpu", min_face_size=min_face_size, post_process=False)
         with torch.inference_mode():
-            want_boxes, want_probs = mtcnn.detect(pixels)
-            exact = _detect_face(mtcnn, small, channels_last=False)
+            want_boxes, want_probs = stock.detect(pixels)
+            exact = detect(Mtcnn(min_face_size), small, channels_last=False)
         boxes, probs = detect_faces(frames, FaceTrackConfig(), smallest_face_px)
         scale = np.array([width / size[0], height / size[1]] * 2)
         for i in range(len(frames)):
@@ -328,3 +331,41 @@ def test_detect_faces_matches_facenet(shared_videos, name):
             np.testing.assert_array_equal(exact[i][:, 4], want_prob)
             np.testing.assert_allclose(boxes[i], want_box * scale, atol=0.01)
             np.testing.assert_allclose(probs[i], want_prob, atol=1e-4)
+
+
+@pytest.mark.parametrize("count", [40, 1500])  # up to 4000 coordinates torchvision offsets, above loops
+def test_nms_equals_torchvision_and_facenet(count):
+    """Our NMS against torchvision's batched_nms (both of its strategies) and facenet's "Min" NMS, on
+    overlapping random boxes from several images, with tied scores."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy
+    from torchvision.ops import batched_nms as torchvision_batched_nms
+
+    from pipeline.mtcnn import batched_nms, batched_nms_min
+
+    rng = np.random.default_rng(count)
+    corner = rng.uniform(0, 200, (count, 2))
+    side = rng.uniform(5, 60, (count, 1))
+    boxes = torch.from_numpy(np.concatenate([corner, corner + side], 1).astype(np.float32))
+    scores = torch.from_numpy(rng.choice(np.linspace(0.6, 1.0, 50), count).astype(np.float32))  # ties
+    images = torch.from_numpy(rng.integers(0, 3, count))
+    for threshold in (0.5, 0.7):
+        want = torchvision_batched_nms(boxes, scores, images, threshold)
+        assert torch.equal(batched_nms(boxes, scores, images, threshold), want)
+        want_min = batched_nms_numpy(boxes, scores, images, threshold, "Min")
+        assert torch.equal(batched_nms_min(boxes, scores, images, threshold), want_min)
+
+
+def test_detector_loads_without_torchvision():
+    """A preprocessing worker's detector and landmark model load without importing torchvision (or
+    facenet-pytorch, which imports it): ~1.9 s of start-up per worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipeline.preprocess import PreprocessConfig, load_models; "
+        "load_models(PreprocessConfig()); "
+        "print(sorted(m for m in ('torchvision', 'facenet_pytorch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
