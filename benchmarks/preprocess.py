@@ -11,8 +11,16 @@ first F of each) and reports:
   one thread), i.e. what each stage costs regardless of the machine's other load;
 - sequential_frames_per_s: the same stages run one video after another in one process (no Ray), and
   sequential_frames_per_cpu_s the same by this process's CPU time (one torch / OpenCV thread);
+- processes_frames_per_s: the same stages in a pool of one plain process per core (multiprocessing,
+  no Ray; process start, imports and models included, as for the actors): what this machine's cores
+  give in parallel (two processes on this VM's two vCPUs each run 15-40% slower than one alone);
 - ray_overhead_share: 1 - (Ray frames/s) / (cores x sequential frames/s): the share of the ideal
-  parallel throughput lost to scheduling, serialisation, object transfers, Ray start and idle cores;
+  parallel throughput lost to scheduling, serialisation, object transfers, Ray start, idle cores and
+  the cores slowing each other down; ray_overhead_vs_processes: 1 - (Ray frames/s) / (processes
+  frames/s), what Ray costs against plain processes on the same cores;
+- time_outside_stages_share: 1 - (summed wall time inside the stages) / (actors x wall time): the share
+  of the actors' time spent outside the stages (start-up, scheduling, serialisation, idling), and
+  time_outside_stages_share_after_startup the same over the processing window;
 - startup_s: from the job's start until the first video's first stage began (planning, Ray start,
   actor start: imports and models), a fixed cost per run; processing_frames_per_s and
   ray_overhead_share_after_startup: the same measures over the processing window after it;
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -40,10 +49,10 @@ from infra.config import load_config
 from infra.memory import retain_freed_memory
 from model.morphable_model import load_morphable_model
 from pipeline import schema
-from pipeline.manifest import discover_videos
+from pipeline.manifest import VideoSource, discover_videos
 from pipeline.masks import chroma_key_ground_truth, iou
 from pipeline.nmfc import NmfcRenderer
-from pipeline.preprocess import load_models, process_video
+from pipeline.preprocess import PreprocessConfig, load_models, process_video
 from pipeline.ray_preprocess import PreprocessJobConfig, resolve_model, run_preprocess
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
@@ -80,6 +89,35 @@ def main() -> None:
     print(json.dumps(result))
 
 
+_WORKER: dict = {}
+
+
+def _worker_init(cfg: PreprocessConfig) -> None:
+    """A pool process set up as an actor is: one thread, models loaded before the first video."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    retain_freed_memory()
+    model = load_morphable_model(cfg.model.path)
+    _WORKER.update(cfg=cfg, model=model, renderer=NmfcRenderer(model, cfg.render))
+    load_models(cfg)
+
+
+def _worker_video(task: tuple[VideoSource, str]) -> int:
+    source, output = task
+    w = _WORKER
+    records = process_video(source, w["cfg"], output, "processes", w["model"], w["renderer"])
+    return sum(r["kept_frames"] for r in records)
+
+
+def processes_fps(cfg: PreprocessConfig, sources: list[VideoSource], output: str, processes: int) -> float:
+    """Frames/s of a pool of ``processes`` plain processes (spawned, each video a task, taken in order as
+    processes free up, like the actor pool), from the pool's start to the last video's end."""
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes, _worker_init, (cfg,)) as pool:
+        frames = sum(pool.imap_unordered(_worker_video, [(s, output) for s in sources], chunksize=1))
+    return frames / (time.perf_counter() - start)
+
+
 def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[str]) -> dict:
     """Both runs (sequential baseline, then the Ray job) over ``clips``, outputs under ``work``."""
     manifest = work / "manifest.csv"
@@ -104,11 +142,21 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
     sequential_fps = sequential_frames / (time.perf_counter() - start)
     sequential_cpu_fps = sequential_frames / (time.process_time() - start_cpu)
 
+    cores = os.cpu_count() or 1
+    sources = discover_videos(str(manifest))
+    pool_fps = processes_fps(cfg.preprocess, sources, str(work / "processes"), cores)
+
     start = time.perf_counter()
     summary = run_preprocess(cfg, str(manifest), str(work / "out"))
     wall_s = time.perf_counter() - start
-    cores = os.cpu_count() or 1
     ray_fps = summary["frames_this_run"] / wall_s
+    ray_cfg, videos = cfg.ray, len(sources)  # the pools' sizes on a local Ray
+    actors = (
+        min(ray_cfg.actors or cores, videos)
+        if ray_cfg.stages == "fused"
+        else min(ray_cfg.landmark_actors or cores, videos) + min(ray_cfg.render_actors or cores, videos)
+    )
+    inside_stages = sum(summary["stage_seconds"].values())
     return {
         "benchmark": "preprocess",
         "cores": cores,
@@ -128,7 +176,13 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
             k: round(1000 * v / summary["frames_this_run"], 2)
             for k, v in summary["stage_cpu_seconds"].items()
         },
+        "processes_frames_per_s": round(pool_fps, 2),
         "ray_overhead_share": round(1.0 - ray_fps / (cores * sequential_fps), 3),
+        "ray_overhead_vs_processes": round(1.0 - ray_fps / pool_fps, 3),
+        "time_outside_stages_share": round(1.0 - inside_stages / (actors * wall_s), 3),
+        "time_outside_stages_share_after_startup": round(
+            1.0 - inside_stages / (actors * summary["processing_s"]), 3
+        ),
         "startup_s": summary["startup_s"],
         "processing_frames_per_s": summary["processing_frames_per_s"],
         "ray_overhead_share_after_startup": round(
