@@ -40,20 +40,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from infra.config import load_config
-from infra.memory import retain_freed_memory
-from model.morphable_model import load_morphable_model
+from model.morphable_model import MorphableModel, load_morphable_model
 from pipeline import schema
 from pipeline.manifest import VideoSource, discover_videos
 from pipeline.masks import chroma_key_ground_truth, iou
 from pipeline.nmfc import NmfcRenderer
 from pipeline.preprocess import PreprocessConfig, load_models, process_video
-from pipeline.ray_preprocess import PreprocessJobConfig, resolve_model, run_preprocess
+from pipeline.ray_preprocess import PreprocessJobConfig, limit_threads, resolve_model, run_preprocess
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 GREEN_SCREEN = "liveportrait_d0"
@@ -92,14 +89,19 @@ def main() -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(cfg: PreprocessConfig) -> None:
-    """A pool process set up as an actor is: one thread, models loaded before the first video."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    retain_freed_memory()
+def _set_up_like_an_actor(cfg: PreprocessConfig) -> tuple[MorphableModel, NmfcRenderer]:
+    """This process set up as an actor is: one torch / OpenCV thread, freed memory kept, every model
+    loaded before the first video. Returns the 3DMM and the renderer."""
+    limit_threads(1)
     model = load_morphable_model(cfg.model.path)
-    _WORKER.update(cfg=cfg, model=model, renderer=NmfcRenderer(model, cfg.render))
+    renderer = NmfcRenderer(model, cfg.render)
     load_models(cfg)
+    return model, renderer
+
+
+def _worker_init(cfg: PreprocessConfig) -> None:
+    model, renderer = _set_up_like_an_actor(cfg)
+    _WORKER.update(cfg=cfg, model=model, renderer=renderer)
 
 
 def _worker_video(task: tuple[VideoSource, str]) -> int:
@@ -127,12 +129,7 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
     cfg = resolve_model(load_config(PreprocessJobConfig, None, overrides))
 
     # Baseline: every stage in this process, one video after another, on one thread as in an actor.
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    retain_freed_memory()
-    model = load_morphable_model(cfg.preprocess.model.path)
-    renderer = NmfcRenderer(model, cfg.preprocess.render)
-    load_models(cfg.preprocess)  # as the actors do in their constructors
+    model, renderer = _set_up_like_an_actor(cfg.preprocess)
     start = time.perf_counter()
     start_cpu = time.process_time()
     sequential_frames = 0

@@ -77,7 +77,7 @@ class PreprocessJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-def _limit_threads(threads: int) -> None:
+def limit_threads(threads: int) -> None:
     """One actor's share of its node: torch and OpenCV thread pools of ``threads`` threads; freed memory
     is kept for reuse (``infra.memory``), so per-batch temporaries cost no page faults."""
     import cv2
@@ -93,7 +93,7 @@ class _DecodeLandmarks:
     one row per segment of the video."""
 
     def __init__(self, cfg: PreprocessConfig, threads: int) -> None:
-        _limit_threads(threads)
+        limit_threads(threads)
         preprocess.load_models(cfg)
         self.cfg = cfg
 
@@ -110,7 +110,7 @@ class _FitRenderWrite:
     def __init__(self, cfg: PreprocessConfig, output: str, cfg_hash: str, threads: int) -> None:
         import torch
 
-        _limit_threads(threads)
+        limit_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_morphable_model(cfg.model.path)
         self.renderer = NmfcRenderer(self.model, cfg.render, device=device)

@@ -6,7 +6,6 @@ no partial shard visible to readers).
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 
@@ -51,9 +50,8 @@ def write_videos_table(output: str, records: list[dict]) -> None:
     """The per-video table (``videos.parquet``) from records, written atomically."""
     names = schema.VIDEO_SCHEMA.names
     table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in records], schema=schema.VIDEO_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(storage.join(output, schema.VIDEOS_TABLE), buffer.getvalue())
+    with storage.atomic_writer(storage.join(output, schema.VIDEOS_TABLE)) as f:
+        pq.write_table(table, f)
 
 
 def summarise(
