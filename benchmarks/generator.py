@@ -7,7 +7,8 @@
 - Generator frames per second at ``--size`` px, batch 1, sequential as in synthesis (each output fed
   back as a previous frame), for the meta-learned AdaIN generator (given h) and for the fine-tuned one
   (section 3.4 conversion; what synthesis uses). On CPU in float32 with ``--threads`` torch threads;
-  on CUDA (when present) in bf16 autocast with channels_last, and float32 for reference.
+  on CUDA (when present) in bf16 autocast with channels_last, the same replayed as a CUDA graph, and
+  float32 for reference.
 
 ``*_fps`` is by wall clock; on CPU ``*_fps_cpu_time`` divides by this process's CPU time instead (other
 processes sharing the cores inflate the wall clock, not the CPU time of a one-thread run). Each number
@@ -46,8 +47,13 @@ def synthesis_fps(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    cuda_graph: bool = False,
 ) -> tuple[float, float]:
-    """(wall-clock fps, CPU-time fps) of sequential batch-1 synthesis, median over repeats."""
+    """(wall-clock fps, CPU-time fps) of sequential batch-1 synthesis, median over repeats.
+
+    cuda_graph: capture one synthesis step as a CUDA graph and replay it per frame (batch-1 synthesis
+    launches hundreds of small kernels; a replay launches them all at once).
+    """
     cfg = generator.cfg
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     nmfc = torch.rand(1, cfg.n_frames * cfg.nmfc_channels, size, size, device=device)
@@ -55,7 +61,10 @@ def synthesis_fps(
     prev = torch.zeros(1, cfg.n_frames - 1, cfg.image_channels, size, size, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        # A graph captures the casts too: autocast's cast cache must be off while capturing.
+        torch.autocast(device.type, dtype=autocast_dtype, cache_enabled=not cuda_graph)
+        if autocast_dtype
+        else contextlib.nullcontext()
     )
 
     def step(prev: torch.Tensor) -> torch.Tensor:
@@ -67,6 +76,8 @@ def synthesis_fps(
         for _ in range(3):  # warm-up (cuDNN autotuning, allocator)
             prev = step(prev)
         sync()
+        if cuda_graph:
+            step = graphed(step, prev)
         wall_rates, cpu_rates = [], []
         for _ in range(3):
             frames = 0
@@ -82,6 +93,28 @@ def synthesis_fps(
             wall_rates.append(frames / (time.perf_counter() - t0))
             cpu_rates.append(frames / max(time.process_time() - c0, 1e-9))
     return sorted(wall_rates)[1], sorted(cpu_rates)[1]
+
+
+def graphed(step, prev: torch.Tensor):
+    """``step`` captured as a CUDA graph on a static copy of ``prev``: the returned step replays it and
+    writes the output back into that copy (the frames fed back), so it ignores its argument."""
+    static_prev = prev.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step(static_prev)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step(static_prev)
+
+    def replay(_prev: torch.Tensor) -> torch.Tensor:
+        graph.replay()
+        static_prev.copy_(static_out)
+        return static_prev
+
+    return replay
 
 
 def main() -> None:
@@ -142,6 +175,13 @@ def main() -> None:
             net_gpu = net_gpu.to(memory_format=torch.channels_last)
             fps, _ = synthesis_fps(net_gpu, h_gpu, args.size, args.seconds, gpu, torch.bfloat16, True)
             result[f"gpu_{name}_bf16_channels_last_fps"] = round(fps, 2)
+            try:
+                fps, _ = synthesis_fps(
+                    net_gpu, h_gpu, args.size, args.seconds, gpu, torch.bfloat16, True, cuda_graph=True
+                )
+                result[f"gpu_{name}_bf16_channels_last_cuda_graph_fps"] = round(fps, 2)
+            except RuntimeError as error:  # reported, not fatal: the eager numbers stand
+                result[f"gpu_{name}_cuda_graph_error"] = str(error)[:300]
             print(
                 f"gpu {name}: {result[f'gpu_{name}_bf16_channels_last_fps']} fps bf16 channels_last",
                 flush=True,

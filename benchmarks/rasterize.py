@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timing per measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--model", default=None, help="3DMM path (default: the ICT model in ../shared)")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
     args = parser.parse_args()
 
     allocator_retains = retain_freed_memory()  # as the preprocessing workers run
@@ -136,7 +137,7 @@ def main() -> None:
         "retain_freed_memory": allocator_retains,
         "cpu_results": {},
     }
-    for threads in sorted({1, all_threads}):
+    for threads in [] if args.no_cpu else sorted({1, all_threads}):
         torch.set_num_threads(threads)
         for device in ["cpu"]:
             renderer = NmfcRenderer(model, NmfcConfig(image_size=(args.size, args.size)), device=device)
