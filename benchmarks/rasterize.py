@@ -12,7 +12,8 @@ thread and with all threads, on CPU (and CUDA when a device is present):
   random identity here; a video's frames share one, which saves the identity product);
 - ``raster``: rasterisation alone of the same projected vertices: ``cull`` as NMFC runs it (back faces
   culled, no barycentrics) and ``full`` (every triangle of the open surface z-buffered, with
-  barycentrics: the whole PyTorch3D-style output).
+  barycentrics: the whole PyTorch3D-style output), by each backend (``numba`` on CPU, ``torch``; NMFC
+  uses ``auto``, i.e. numba on CPU).
 
 ``*_fps`` is the median by wall clock; on CPU ``*_fps_cpu_time`` is the median by this process's CPU
 time, which is what one thread costs when other processes share the cores (with several threads it sums
@@ -95,10 +96,12 @@ def measure(renderer: NmfcRenderer, params, batch: int, seconds: float, device: 
         "nmfc": lambda: renderer.render(identity, expression, camera),
         "nmfc_uint8": lambda: renderer.render(identity, expression, camera, uint8=True),
     }
-    # As NMFC uses it (back faces culled, no barycentrics), and the full PyTorch3D-like output.
-    for name, cull, bary in (("raster_cull", True, False), ("raster_full", False, True)):
-        config = RasterizeConfig(backend="torch", cull_backfaces=cull, barycentrics=bary)
-        runs[name] = lambda config=config: rasterize(verts_px, renderer.faces, size, config)
+    # As NMFC uses it (back faces culled, no barycentrics), and the full PyTorch3D-like output, with each
+    # of our backends that runs on the device.
+    for backend in ("numba", "torch") if device == "cpu" else ("torch",):
+        for name, cull, bary in (("raster_cull", True, False), ("raster_full", False, True)):
+            config = RasterizeConfig(backend=backend, cull_backfaces=cull, barycentrics=bary)
+            runs[f"{name}_{backend}"] = lambda c=config: rasterize(verts_px, renderer.faces, size, c)
     result = {}
     for name, run in runs.items():
         wall_fps, cpu_fps, best_cpu_fps = frames_per_second(run, batch, seconds, sync)

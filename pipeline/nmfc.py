@@ -127,7 +127,8 @@ class NmfcRenderer:
     """Renders NMFC images, visibility masks, projected landmarks and mouth boxes from 3DMM parameters.
 
     Works on the model's visible surface (``MorphableModel.surface()``), batched over frames, on the
-    device of ``device`` (the torch rasteriser runs on CPU or CUDA).
+    device of ``device`` (on CPU the numba rasteriser, on CUDA the torch one or PyTorch3D; see
+    ``pipeline.rasterize``).
     """
 
     def __init__(

@@ -4,13 +4,17 @@ The NMFC conditioning images (paper section 3.2, Eq. 3) need, for every pixel, t
 triangle of the 3DMM surface. ``rasterize`` returns it PyTorch3D-style as ``Fragments``; two backends
 give the same answer:
 
+- ``"numba"``: the same rules compiled with numba (``pipeline.rasterize_numba``; CPU): one loop over the
+  triangles and the pixel centres of each one's bounding box, about 5x faster than ``"torch"`` on CPU
+  and bitwise equal to it.
 - ``"torch"``: our batched z-buffer in plain PyTorch (CPU or CUDA). Every triangle enumerates the pixel
   centres inside its bounding box (a few pixels for a face mesh at 256 px), evaluates its three edge
   functions on them in one vectorised pass, and an exact z-buffer picks the winner per pixel with one
   ``scatter_reduce`` over a packed (depth, face) key. No Python loop over pixels or faces.
 - ``"pytorch3d"``: ``pytorch3d.renderer.mesh.rasterize_meshes`` with ``faces_per_pixel=1`` (installed on
   GPU clusters; its CPU kernel is a naive per-pixel-per-face loop, ~2000x slower than ours).
-- ``"auto"``: PyTorch3D for CUDA tensors when it is importable, else ours.
+- ``"auto"``: for CUDA tensors PyTorch3D when it is importable, else ``"torch"``; for CPU tensors
+  ``"numba"`` when numba is importable (float32 / float64 vertices), else ``"torch"``.
 
 Conventions (``model.camera``): vertices come from ``model.camera.project``: ``verts_px (B, V, 3)`` with
 x, y in pixels (the centre of pixel (row i, column j) is at (x, y) = (j, i), y down) and depth in pixels,
@@ -49,7 +53,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-Backend = Literal["auto", "torch", "pytorch3d"]
+Backend = Literal["auto", "numba", "torch", "pytorch3d"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class RasterizeConfig:
     """Rasteriser settings.
 
     backend: which implementation runs (see the module docstring); ``auto`` picks PyTorch3D only for
-        CUDA tensors, where its binned kernel is fast.
+        CUDA tensors, where its binned kernel is fast, and numba for CPU tensors.
     cull_backfaces: skip triangles facing away from the camera (faster; the same image for a closed or
         convex-enough surface seen from outside, but a thin open surface can show its back).
     max_candidates: upper bound on (triangle, pixel centre) candidates evaluated at once by the torch
@@ -102,6 +106,14 @@ def pytorch3d_available() -> bool:
         return False
 
 
+def numba_available() -> bool:
+    """Whether numba can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def rasterize(
     verts_px: torch.Tensor,
     faces: torch.Tensor,
@@ -125,8 +137,14 @@ def rasterize(
         raise ValueError(f"verts_px must be floating point, got {verts_px.dtype}")
     backend = config.backend
     if backend == "auto":
-        backend = "pytorch3d" if verts_px.is_cuda and pytorch3d_available() else "torch"
+        if verts_px.is_cuda:
+            backend = "pytorch3d" if pytorch3d_available() else "torch"
+        else:
+            numba_dtype = verts_px.dtype in (torch.float32, torch.float64)
+            backend = "numba" if numba_dtype and numba_available() else "torch"
     with torch.no_grad():
+        if backend == "numba":
+            return _rasterize_numba(verts_px, faces, (height, width), config)
         if backend == "torch":
             return _rasterize_torch(verts_px, faces, (height, width), config)
         if backend == "pytorch3d":
@@ -136,7 +154,9 @@ def rasterize(
                 fragments.zbuf if config.zbuf else None,
                 fragments.bary_coords if config.barycentrics else None,
             )
-    raise ValueError(f"unknown rasterizer backend {config.backend!r}; use 'auto', 'torch' or 'pytorch3d'")
+    raise ValueError(
+        f"unknown rasterizer backend {config.backend!r}; use 'auto', 'numba', 'torch' or 'pytorch3d'"
+    )
 
 
 # --- Shared per-triangle set-up ------------------------------------------------------------------------
@@ -528,6 +548,48 @@ def _empty_fragments(
         torch.full(shape, float("-inf"), dtype=dtype, device=device) if config.zbuf else None,
         torch.full((*shape, 3), -1.0, dtype=dtype, device=device) if config.barycentrics else None,
     )
+
+
+# --- Numba backend -------------------------------------------------------------------------------------
+
+
+def _rasterize_numba(
+    verts_px: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], config: RasterizeConfig
+) -> Fragments:
+    """``pipeline.rasterize_numba`` on CPU tensors; barycentrics as the torch backend computes them."""
+    from pipeline.rasterize_numba import rasterize_frames
+
+    if verts_px.device.type != "cpu" or verts_px.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"the numba rasterizer takes float32 / float64 CPU vertices, got {verts_px.dtype} on "
+            f"{verts_px.device}: use backend 'auto' or 'torch'"
+        )
+    height, width = image_size
+    batch, n_faces = verts_px.shape[0], faces.shape[0]
+    if batch == 0 or n_faces == 0:
+        return _empty_fragments(batch, height, width, verts_px.device, verts_px.dtype, config)
+    if n_faces >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 faces are supported, got {n_faces}")
+    verts = verts_px.contiguous()
+    faces = sort_faces(faces.to(device="cpu", dtype=torch.int64))
+    pix_to_face = torch.empty((batch, height * width), dtype=getattr(torch, config.index_dtype))
+    zbuf = torch.empty((batch, height * width), dtype=verts.dtype)
+    rasterize_frames(
+        verts.numpy(),
+        faces.faces.contiguous().numpy(),
+        faces.winding.contiguous().numpy(),
+        config.cull_backfaces,
+        height,
+        width,
+        pix_to_face.numpy(),
+        zbuf.numpy(),
+    )
+    shape = (batch, height, width)
+    bary = None
+    if config.barycentrics:
+        bary = _barycentrics(_gather_corners(verts, faces.faces), faces, pix_to_face.view(-1), width)
+        bary = bary.view(3, *shape).permute(1, 2, 3, 0)
+    return Fragments(pix_to_face.view(shape), zbuf.view(shape) if config.zbuf else None, bary)
 
 
 # --- PyTorch3D backend ---------------------------------------------------------------------------------

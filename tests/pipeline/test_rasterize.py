@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +20,12 @@ from pipeline.rasterize import (
 )
 
 TORCH = RasterizeConfig(backend="torch")
+
+
+@pytest.fixture(params=["torch", "numba"])
+def ours(request) -> RasterizeConfig:
+    """Each of our backends (the golden cases and the reference hold for both)."""
+    return RasterizeConfig(backend=request.param)
 
 
 def _faces(rows) -> torch.Tensor:
@@ -46,13 +53,13 @@ def _assert_same(a, b) -> None:
 
 @pytest.mark.parametrize("slots", [(0, 1, 2), (0, 2, 1), (2, 1, 0)])  # both windings
 @pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])  # vertex ids (canonical edge order)
-def test_single_triangle_top_left_rule(slots, perm):
+def test_single_triangle_top_left_rule(slots, perm, ours):
     # Corners (1, 1), (5, 1), (1, 5) on pixel centres: the top edge y = 1 and the left edge x = 1 are
     # included, the hypotenuse x + y = 6 is not, so the covered centres are i, j >= 1 with i + j < 6.
     corners = [[1.0, 1.0, 1.0], [5.0, 1.0, 2.0], [1.0, 5.0, 3.0]]
     verts = _verts([corners[perm.index(v)] for v in range(3)])  # corner c is vertex perm[c]
     faces = _faces([[perm[c] for c in slots]])
-    out = rasterize(verts, faces, (7, 8), TORCH)
+    out = rasterize(verts, faces, (7, 8), ours)
     expected = _mask(7, 8, lambda i, j: (i >= 1) & (j >= 1) & (i + j < 6))
     assert int(expected.sum()) == 10
     assert torch.equal(out.pix_to_face[0] == 0, expected)
@@ -65,7 +72,7 @@ def test_single_triangle_top_left_rule(slots, perm):
     assert torch.all(out.bary_coords[0, 0, 0] == -1)
 
 
-def test_two_overlapping_triangles_depth_order_and_ties():
+def test_two_overlapping_triangles_depth_order_and_ties(ours):
     # Face 0 covers the whole 8 x 8 image; face 1 is the small triangle of the test above.
     big = [[-10.0, -10.0], [30.0, -10.0], [-10.0, 30.0]]
     small = [[1.0, 1.0], [5.0, 1.0], [1.0, 5.0]]
@@ -75,7 +82,7 @@ def test_two_overlapping_triangles_depth_order_and_ties():
     def render(z_big: float, z_small: float, swap: bool = False):
         verts = _verts([[*p, z_big] for p in big] + [[*p, z_small] for p in small])
         f = faces.flip(0) if swap else faces
-        return rasterize(verts, f, (8, 8), TORCH).pix_to_face[0]
+        return rasterize(verts, f, (8, 8), ours).pix_to_face[0]
 
     # Nearer = larger depth.
     assert torch.equal(render(0.0, 5.0), torch.where(small_mask, 1, 0))
@@ -146,20 +153,20 @@ def test_cube_from_known_angles(angles, expected, cull):
     assert torch.equal(out.pix_to_face, rasterize_reference(verts_px, faces, (32, 32), cull).pix_to_face)
 
 
-def test_shared_diagonal_through_centres_is_covered_once():
+def test_shared_diagonal_through_centres_is_covered_once(ours):
     # Square split along the diagonal (0, 0) - (4, 4); the diagonal's centres belong to the triangle for
     # which it is a left edge (above-right of it), whatever the face order: covered once, never twice.
     verts = _verts([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [4.0, 4.0, 0.0], [0.0, 4.0, 0.0]])
     upper, lower = [0, 1, 2], [0, 2, 3]
     for faces, upper_id in ((_faces([upper, lower]), 0), (_faces([lower, upper]), 1)):
-        out = rasterize(verts, faces, (6, 6), TORCH).pix_to_face[0]
+        out = rasterize(verts, faces, (6, 6), ours).pix_to_face[0]
         for k in range(4):
             assert out[k, k] == upper_id
         covered = _mask(6, 6, lambda i, j: (i < 4) & (j < 4))  # right and bottom borders are excluded
         assert torch.equal(out >= 0, covered)
 
 
-def test_grid_mesh_has_no_holes():
+def test_grid_mesh_has_no_holes(ours):
     # A jittered grid tessellating [0, 12] x [0, 9] with integer border vertices: every centre inside is
     # covered; the top and left borders are included and the bottom and right ones excluded.
     generator = torch.Generator().manual_seed(3)
@@ -175,7 +182,7 @@ def test_grid_mesh_has_no_holes():
             a, b, d, e = r * nx + c, r * nx + c + 1, (r + 1) * nx + c, (r + 1) * nx + c + 1
             faces += [[a, b, e], [a, e, d]] if (r + c) % 2 else [[a, b, d], [b, e, d]]
     verts = torch.cat([grid, torch.rand(len(grid), 1, generator=generator)], -1)[None]
-    out = rasterize(verts, _faces(faces), (11, 14), TORCH)
+    out = rasterize(verts, _faces(faces), (11, 14), ours)
     assert torch.equal(out.pix_to_face[0] >= 0, _mask(11, 14, lambda i, j: (i < 9) & (j < 12)))
     _assert_same(out, rasterize_reference(verts, _faces(faces), (11, 14)))
 
@@ -203,12 +210,12 @@ def _random_mesh(generator, batch, n_verts, n_faces, height, width, dtype, integ
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("integer", [False, True])
-def test_matches_reference_on_random_meshes(dtype, integer):
+def test_matches_reference_on_random_meshes(dtype, integer, ours):
     generator = torch.Generator().manual_seed(7 + integer)
     total, agree = 0, 0
     for _ in range(3):
         verts, faces = _random_mesh(generator, 2, 40, 60, 24, 30, dtype, integer)
-        fast = rasterize(verts, faces, (24, 30), TORCH)
+        fast = rasterize(verts, faces, (24, 30), ours)
         slow = rasterize_reference(verts, faces, (24, 30))
         same = fast.pix_to_face == slow.pix_to_face
         total += same.numel()
@@ -220,7 +227,7 @@ def test_matches_reference_on_random_meshes(dtype, integer):
     assert agree / total >= 0.9999
 
 
-def test_matches_reference_on_ict_patch(ict_model):
+def test_matches_reference_on_ict_patch(ict_model, ours):
     # A few hundred ICT triangles around the mouth at a realistic pixel density (the reference is slow).
     surface = ict_model.surface()
     verts = torch.tensor(surface.mean, dtype=torch.float64)[None]
@@ -231,7 +238,7 @@ def test_matches_reference_on_ict_patch(ict_model):
     keep = ((centre - torch.tensor([20.0, 20.0])).abs() < 18).all(-1)
     faces = faces[keep]
     assert 150 < len(faces) < 1500
-    fast = rasterize(verts_px, faces, (40, 40), TORCH)
+    fast = rasterize(verts_px, faces, (40, 40), ours)
     slow = rasterize_reference(verts_px, faces, (40, 40))
     _assert_same(fast, slow)
     assert (fast.pix_to_face >= 0).float().mean() > 0.5
@@ -240,22 +247,22 @@ def test_matches_reference_on_ict_patch(ict_model):
 # --- Options and edge cases ------------------------------------------------------------------------------
 
 
-def test_batch_split_by_max_candidates_gives_the_same_result():
+def test_batch_split_by_max_candidates_gives_the_same_result(ours):
     generator = torch.Generator().manual_seed(11)
     verts, faces = _random_mesh(generator, 5, 30, 50, 20, 20, torch.float32)
-    whole = rasterize(verts, faces, (20, 20), TORCH)
+    whole = rasterize(verts, faces, (20, 20), ours)
     split = rasterize(verts, faces, (20, 20), RasterizeConfig(backend="torch", max_candidates=10))
     _assert_same(whole, split)
     assert whole.pix_to_face.shape == (5, 20, 20) and whole.bary_coords.shape == (5, 20, 20, 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_slim_outputs_keep_the_faces(dtype):
+def test_slim_outputs_keep_the_faces(dtype, ours):
     generator = torch.Generator().manual_seed(12)
     verts, faces = _random_mesh(generator, 3, 30, 50, 20, 20, dtype)
-    whole = rasterize(verts, faces, (20, 20), TORCH)
+    whole = rasterize(verts, faces, (20, 20), ours)
     for bary in (False, True):
-        slim = RasterizeConfig(backend="torch", barycentrics=bary, zbuf=False, index_dtype="int32")
+        slim = dataclasses.replace(ours, barycentrics=bary, zbuf=False, index_dtype="int32")
         out = rasterize(verts, faces, (20, 20), slim)
         assert out.pix_to_face.dtype == torch.int32 and out.zbuf is None
         assert torch.equal(out.pix_to_face.long(), whole.pix_to_face)
@@ -266,51 +273,83 @@ def test_slim_outputs_keep_the_faces(dtype):
     assert empty.pix_to_face.dtype == torch.int32 and (empty.pix_to_face == -1).all() and empty.zbuf is None
 
 
-def test_non_finite_vertices_cover_nothing():
+def test_non_finite_vertices_cover_nothing(ours):
     generator = torch.Generator().manual_seed(5)
     verts, faces = _random_mesh(generator, 1, 20, 30, 16, 16, torch.float32)
     bad = int(faces[0, 0])
     verts_nan = verts.clone()
     verts_nan[0, bad, 0] = float("nan")
-    out = rasterize(verts_nan, faces, (16, 16), TORCH)
+    out = rasterize(verts_nan, faces, (16, 16), ours)
     uses_bad = (faces == bad).any(-1)
-    expected = rasterize(verts, faces[~uses_bad], (16, 16), TORCH).pix_to_face
+    expected = rasterize(verts, faces[~uses_bad], (16, 16), ours).pix_to_face
     remap = torch.nonzero(~uses_bad).squeeze(1)
     expected = torch.where(expected >= 0, remap[expected.clamp(min=0)], -1)
     assert torch.equal(out.pix_to_face, expected)
     verts_inf = verts.clone()
     verts_inf[0, bad, 1] = float("inf")
-    assert torch.equal(rasterize(verts_inf, faces, (16, 16), TORCH).pix_to_face, expected)
+    assert torch.equal(rasterize(verts_inf, faces, (16, 16), ours).pix_to_face, expected)
 
 
-def test_cull_backfaces_drops_clockwise_model_triangles():
+def test_cull_backfaces_drops_clockwise_model_triangles(ours):
     # Counter-clockwise in model space (y up) = clockwise in the y-down image = facing the camera.
     front = torch.tensor([[[1.0, 5.0, 0.0], [5.0, 5.0, 0.0], [1.0, 1.0, 0.0]]])  # image-space, y down
     faces = _faces([[0, 1, 2]])
-    cull = RasterizeConfig(backend="torch", cull_backfaces=True)
+    cull = dataclasses.replace(ours, cull_backfaces=True)
     assert (rasterize(front, faces, (8, 8), cull).pix_to_face == 0).sum() > 0
     assert (rasterize(front, faces.flip(1), (8, 8), cull).pix_to_face == -1).all()
     assert torch.equal(
-        rasterize(front, faces.flip(1), (8, 8), TORCH).pix_to_face >= 0,
-        rasterize(front, faces, (8, 8), TORCH).pix_to_face >= 0,
+        rasterize(front, faces.flip(1), (8, 8), ours).pix_to_face >= 0,
+        rasterize(front, faces, (8, 8), ours).pix_to_face >= 0,
     )
 
 
-def test_empty_inputs_and_validation():
-    out = rasterize(torch.zeros(2, 3, 3), torch.zeros(0, 3, dtype=torch.int64), (4, 5), TORCH)
+def test_empty_inputs_and_validation(ours):
+    out = rasterize(torch.zeros(2, 3, 3), torch.zeros(0, 3, dtype=torch.int64), (4, 5), ours)
     assert out.pix_to_face.shape == (2, 4, 5) and (out.pix_to_face == -1).all()
     off_image = _verts([[-9.0, -9.0, 0.0], [-5.0, -9.0, 0.0], [-9.0, -5.0, 0.0]])
-    assert (rasterize(off_image, _faces([[0, 1, 2]]), (4, 4), TORCH).pix_to_face == -1).all()
+    assert (rasterize(off_image, _faces([[0, 1, 2]]), (4, 4), ours).pix_to_face == -1).all()
     with pytest.raises(ValueError, match="verts_px"):
         rasterize(torch.zeros(3, 3), _faces([[0, 1, 2]]), (4, 4))
     with pytest.raises(ValueError, match="backend"):
         rasterize(off_image, _faces([[0, 1, 2]]), (4, 4), RasterizeConfig(backend="nope"))  # type: ignore[arg-type]
 
 
-def test_auto_backend_uses_ours_on_cpu():
+def test_auto_backend_on_cpu_is_numba_else_torch(monkeypatch):
+    import pipeline.rasterize
+
     generator = torch.Generator().manual_seed(2)
     verts, faces = _random_mesh(generator, 1, 20, 20, 12, 12, torch.float32)
-    _assert_same(rasterize(verts, faces, (12, 12)), rasterize(verts, faces, (12, 12), TORCH))
+    want = rasterize(verts, faces, (12, 12), TORCH)
+    _assert_same(rasterize(verts, faces, (12, 12)), want)
+    monkeypatch.setattr(pipeline.rasterize, "numba_available", lambda: False)
+    _assert_same(rasterize(verts, faces, (12, 12)), want)
+    # The numba kernel takes float32 / float64 CPU vertices only; auto sends anything else to torch.
+    with pytest.raises(ValueError, match="numba rasterizer takes float32 / float64 CPU vertices"):
+        rasterize(verts.half(), faces, (12, 12), RasterizeConfig(backend="numba"))
+
+
+@pytest.mark.parametrize("cull", [False, True])
+def test_numba_equals_torch_on_whole_ict_faces(ict_model, cull):
+    """The whole ICT surface (22,288 triangles) at 256 px in four realistic poses, as NMFC renders it:
+    the numba and torch backends agree bitwise (faces, depths, barycentrics)."""
+    surface = ict_model.surface()
+    verts = torch.tensor(surface.mean, dtype=torch.float32)[None].expand(4, -1, -1)
+    height = float(surface.mean[:, 1].max() - surface.mean[:, 1].min())
+    cameras = torch.tensor(
+        np.stack(
+            [
+                make_camera(pitch=p, yaw=y, roll=r, tx=128, ty=128, scale=0.8 * 256 / height)
+                for p, y, r in [(0.0, 0.0, 0.0), (0.2, -0.5, 0.1), (-0.3, 0.6, -0.2), (0.1, 1.2, 0.0)]
+            ]
+        ),
+        dtype=torch.float32,
+    )
+    verts_px = project(verts, cameras)
+    faces = torch.tensor(surface.faces.astype(np.int64))
+    numba_out = rasterize(verts_px, faces, (256, 256), RasterizeConfig(backend="numba", cull_backfaces=cull))
+    torch_out = rasterize(verts_px, faces, (256, 256), RasterizeConfig(backend="torch", cull_backfaces=cull))
+    _assert_same(numba_out, torch_out)
+    assert ((numba_out.pix_to_face >= 0).float().mean((1, 2)) > 0.2).all()
 
 
 @pytest.mark.gpu
