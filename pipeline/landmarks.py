@@ -41,9 +41,9 @@ class LandmarkConfig:
     dlib_box_scale, dlib_box_shift_y: dlib's predictor was trained on its HOG detector's boxes, which
         are smaller and lower than MTCNN's: dlib side = 0.81 * MTCNN side, centre 0.06 sides lower
         (medians over 56 frames of the 14 shared clips, spread 0.06 and 0.03).
-    dlib_upsample: dlib returns whole pixels; running it on the crop upsampled by this factor gives
-        1/k pixel steps (on the shared clips x4 cut frame-to-frame jitter from 1.5% to 0.9% of the eye
-        distance for +1 ms per face).
+    dlib_upsample: dlib returns whole pixels; running it on the crop (its grey levels,
+        ``dlib_intensity``) upsampled by this factor gives 1/k pixel steps (on the shared clips x4 cut
+        frame-to-frame jitter from 1.5% to 0.9% of the eye distance for +1 ms per face).
     fan_weights_path: 2D FAN-4 state dict (or TorchScript file); None looks in face-alignment's cache.
     fan_modules: stacked hourglasses in the FAN state dict (4 for face-alignment's released 2DFAN-4).
     fan_reference_scale, fan_center_shift_y: face-alignment's crop recipe (window side = 200/195 of
@@ -108,6 +108,19 @@ def _dlib_predictor(path: str):
     return dlib.shape_predictor(path)
 
 
+def dlib_intensity(images: np.ndarray) -> np.ndarray:
+    """dlib's grey level of RGB pixels, floor((r + g + b) / 3): images (..., 3) uint8 -> (...) uint8.
+
+    dlib's shape predictor reads only this intensity of each pixel it samples, so it predicts the same
+    on this image as on the RGB one, and upsampling one channel instead of three costs a third.
+    """
+    total = images[..., 0].astype(np.uint16)
+    total += images[..., 1]
+    total += images[..., 2]
+    total //= 3
+    return total.astype(np.uint8)
+
+
 def landmarks_dlib(crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()):
     """dlib 68 points: crops (B, S, S, 3) uint8 RGB, face_boxes_px (B, 4) MTCNN boxes [x0, y0, x1, y1]
     in crop pixels -> landmarks_px (B, 68, 2) float32, crop pixels."""
@@ -120,7 +133,7 @@ def landmarks_dlib(crops: np.ndarray, face_boxes_px: np.ndarray, config: Landmar
     half = 0.5 * config.dlib_box_scale * side
     out = np.empty((len(crops), NUM_LANDMARKS, 2), np.float32)
     k = config.dlib_upsample
-    for i, crop in enumerate(crops):
+    for i, crop in enumerate(dlib_intensity(crops)):
         if k > 1:
             crop = cv2.resize(crop, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
         # Upsampled pixel centres: x_k = k (x + 0.5) - 0.5.

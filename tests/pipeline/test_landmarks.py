@@ -13,6 +13,7 @@ from pipeline.landmarks import (
     FAN_INPUT_PX,
     LandmarkConfig,
     detect_landmarks,
+    dlib_intensity,
     dlib_model_path,
     fan_weights_path,
     fan_window,
@@ -169,6 +170,24 @@ def test_crop_landmarks_map_back_to_dlib_on_the_full_frame(clip_landmarks, share
         errors.append(np.linalg.norm(ours - reference, axis=1).mean() / inter_ocular(reference))
     assert len(errors) >= 10
     assert np.median(errors) < 0.04 and max(errors) < 0.08, errors
+
+
+def test_dlib_predicts_the_same_on_its_intensity_image(shared_videos):
+    """dlib's predictor reads only floor((r + g + b) / 3) of the pixels it samples, so the grey image the
+    dlib backend upsamples gives exactly its prediction on the RGB frame."""
+    import dlib
+
+    predictor = dlib.shape_predictor(str(dlib_model_path()))
+    frames = read_frames(shared_videos / "liveportrait_d3.mp4", [0, 30, 60])
+    grey = dlib_intensity(frames)
+    assert grey.shape == frames.shape[:3] and grey.dtype == np.uint8
+    np.testing.assert_array_equal(grey, frames.astype(np.int32).sum(-1) // 3)
+    box = dlib.rectangle(150, 120, 370, 340)  # the face of this 512 x 512 clip
+    def points(image):
+        return [(p.x, p.y) for p in predictor(image, box).parts()]
+
+    for rgb, g in zip(frames, grey):
+        assert points(rgb) == points(g)
 
 
 def test_photo_landmarks(shared_images):
