@@ -24,6 +24,9 @@ first F of each) and reports:
 - startup_s: from the job's start until the first video's first stage began (planning, Ray start,
   actor start: imports and models), a fixed cost per run; processing_frames_per_s and
   ray_overhead_share_after_startup: the same measures over the processing window after it;
+- running_cluster_*: the same job joining a cluster started beforehand with ``ray start --head`` (as
+  ``ray job submit`` runs against one): its frames/s, wall time, start-up (planning, connecting, the
+  actors' start) and processing-window frames/s; Ray's own start is not in them;
 - mask_iou_green_screen: IoU of the foreground masks against a chroma key on liveportrait_d0 (shot on
   a green screen), over the shard's frames.
 The last line printed is one JSON object.
@@ -32,6 +35,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -120,6 +124,41 @@ def processes_fps(cfg: PreprocessConfig, sources: list[VideoSource], output: str
     return frames / (time.perf_counter() - start)
 
 
+def running_cluster_run(cfg: PreprocessJobConfig, manifest: str, output: str) -> tuple[dict, float]:
+    """The job joining a local cluster started with ``ray start --head`` before the timing starts (the
+    cluster a ``ray job submit`` runs on, with as many logical CPUs as a local run gets): (its summary,
+    its wall seconds)."""
+    import socket
+    import subprocess
+    import sys
+
+    import ray
+
+    ray.shutdown()  # the earlier run's in-process Ray
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Token auth, as a user's cluster has it (Ray 2.59+), with the token this process already holds
+    # (~/.ray/auth_token, made by the earlier run; Ray reads it once per process).
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay under 108 bytes
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}", f"--num-cpus={2 * (os.cpu_count() or 1)}",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        env=env, check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    try:
+        joined = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, address=f"127.0.0.1:{port}"))
+        start = time.perf_counter()
+        summary = run_preprocess(joined, manifest, output)
+        return summary, time.perf_counter() - start
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[str]) -> dict:
     """Both runs (sequential baseline, then the Ray job) over ``clips``, outputs under ``work``."""
     manifest = work / "manifest.csv"
@@ -154,6 +193,7 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
         else min(ray_cfg.landmark_actors or cores, videos) + min(ray_cfg.render_actors or cores, videos)
     )
     inside_stages = sum(summary["stage_seconds"].values())
+    cluster_summary, cluster_wall_s = running_cluster_run(cfg, str(manifest), str(work / "out_cluster"))
     return {
         "benchmark": "preprocess",
         "cores": cores,
@@ -185,6 +225,10 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
         "ray_overhead_share_after_startup": round(
             1.0 - summary["processing_frames_per_s"] / (cores * sequential_fps), 3
         ),
+        "running_cluster_frames_per_s": round(cluster_summary["frames_this_run"] / cluster_wall_s, 2),
+        "running_cluster_wall_s": round(cluster_wall_s, 2),
+        "running_cluster_startup_s": cluster_summary["startup_s"],
+        "running_cluster_processing_frames_per_s": cluster_summary["processing_frames_per_s"],
         "mask_iou_green_screen": mask_iou(work / "out"),
         "target_frames_per_s": 50,
     }

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from infra import storage
-from model.camera import project
+from model.camera import make_camera, project
 from model.morphable_model import MorphableModel
 from pipeline.rasterize import Fragments, RasterizeConfig, rasterize
 
@@ -141,6 +141,10 @@ class NmfcRenderer:
         self.faces = torch.as_tensor(self.model.faces.astype(np.int64), device=self.device)
         self.colors = triangle_colors(self.model.normalized_mean_coords, self.model.faces).to(self.device)
         self.landmarks = self.torch_model.landmarks
+        # One frame of the mean face now: loads the compiled rasteriser (numba, ~1 s the first time in
+        # a process) here rather than inside the first video's render.
+        camera = torch.as_tensor(make_camera(), dtype=torch.float32)[None]
+        self.render(torch.zeros(1, model.n_identity), torch.zeros(1, model.n_expression), camera)
 
     def _as_inputs(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Coefficients and cameras as float32 tensors on the renderer's device."""
