@@ -156,14 +156,21 @@ def colour_model_masks(
     p_fg = fg_hist / fg_hist.sum()
     p_bg = bg_hist / bg_hist.sum()
     posterior = (p_fg / (p_fg + p_bg)).astype(np.float32)
-    colour_log_odds = np.log(posterior / (1 - posterior))  # per histogram bin, looked up per pixel
+    # Foreground where the colour's and the prior's log-odds sum above 0. With prior weight 1 that is
+    # p s > (1 - p)(1 - s), i.e. s > 1 - p: one compare per pixel against a per-colour threshold, no logs.
+    if cfg.prior_weight == 1.0:
+        threshold = 1 - posterior  # per histogram bin, looked up per pixel
+    else:
+        colour_log_odds = np.log(posterior / (1 - posterior))
     masks = np.empty_like(face_masks)
     for k in range(t):
         spatial = _soft_prior(prior[k])
-        log_odds = colour_log_odds[_colour_index(images[k])] + cfg.prior_weight * np.log(
-            spatial / (1 - spatial)
-        )
-        masks[k] = _clean(log_odds > 0, face_masks[k])
+        colour = _colour_index(images[k])
+        if cfg.prior_weight == 1.0:
+            foreground = spatial > threshold[colour]
+        else:
+            foreground = colour_log_odds[colour] + cfg.prior_weight * np.log(spatial / (1 - spatial)) > 0
+        masks[k] = _clean(foreground, face_masks[k])
     return masks
 
 
