@@ -321,6 +321,7 @@ def test_auto_backend_on_cpu_is_numba_else_torch(monkeypatch):
     verts, faces = _random_mesh(generator, 1, 20, 20, 12, 12, torch.float32)
     want = rasterize(verts, faces, (12, 12), TORCH)
     _assert_same(rasterize(verts, faces, (12, 12)), want)
+    _assert_same(rasterize(verts.clone().requires_grad_(), faces, (12, 12)), want)  # not differentiable
     monkeypatch.setattr(pipeline.rasterize, "numba_available", lambda: False)
     _assert_same(rasterize(verts, faces, (12, 12)), want)
     # The numba kernel takes float32 / float64 CPU vertices only; auto sends anything else to torch.
