@@ -45,6 +45,11 @@ Per-video table columns: see ``VIDEO_SCHEMA``.
 
 from __future__ import annotations
 
+import functools
+import struct
+import zlib
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 import pyarrow as pa
@@ -123,29 +128,61 @@ VIDEO_SCHEMA = pa.schema(
 )
 
 
-# zlib level 1 with run-length matching on rows filtered by "up" (the row above): NMFC images and masks are
-# flat regions, so this is lossless like any PNG, 2x (NMFC) to 3x (masks) faster to write than level 1
-# with adaptive filters, and 20-40% smaller (measured on shards of the shared clips).
-_PNG_PARAMS = [
-    cv2.IMWRITE_PNG_COMPRESSION,
-    1,
-    cv2.IMWRITE_PNG_STRATEGY,
-    cv2.IMWRITE_PNG_STRATEGY_RLE,
-    cv2.IMWRITE_PNG_FILTER,
-    cv2.IMWRITE_PNG_FILTER_UP,
-]
+# PNG written here rather than by OpenCV: every row filtered by "up" (the row above; NMFC images and masks
+# are flat regions, so most filtered bytes are 0), deflated at level 1 by ISA-L (``isal``) where it is
+# installed, else by zlib with run-length matching (OpenCV's settings before). Lossless like any PNG;
+# on this project's 2-vCPU machine a 256 px NMFC image took 0.7 ms instead of OpenCV's 2.3 ms, for 15%
+# more bytes (ISA-L's level 1 finds fewer matches than zlib's run-length mode).
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@functools.lru_cache(maxsize=1)
+def _deflate() -> Callable[[np.ndarray], bytes]:
+    """The PNG compressor: contiguous bytes -> a zlib stream (IDAT's format), ISA-L's level 1 when
+    ``isal`` is installed, else zlib's level 1 with run-length matching."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+
+        def zlib_rle(data: np.ndarray) -> bytes:
+            stream = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+            return stream.compress(data) + stream.flush()
+
+        return zlib_rle
+    return functools.partial(isal_zlib.compress, level=1)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return b"".join(
+        [struct.pack(">I", len(data)), kind, data, struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))]
+    )
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an image (H, W, 3) uint8 RGB or (H, W) uint8/bool grey; lossless."""
+    """PNG bytes of an image (H, W, 3) uint8 RGB or (H, W) uint8/bool grey (bool as 0/255); lossless,
+    8-bit, every row "up"-filtered (see above)."""
     if image.dtype == bool:
         image = image.astype(np.uint8) * 255
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".png", image, _PNG_PARAMS)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
-    return data.tobytes()
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"PNG images are (H, W, 3) or (H, W) uint8, got {image.dtype} {image.shape}")
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"PNG encoding needs a non-empty image, got shape {image.shape}")
+    rows = np.ascontiguousarray(image).reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type "up": each byte minus the byte above (0 above the first row)
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps modulo 256
+    colour_type = 2 if image.ndim == 3 else 0  # truecolour or greyscale
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join(
+        [
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", _deflate()(filtered)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
