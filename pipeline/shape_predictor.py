@@ -19,19 +19,25 @@ Samples, tree tests and shape sums are float32 and the transforms float64, as in
 run level by level over a batch of images in dlib's order for each image, so the cache holds one tree's
 leaves for the whole batch (the model's 15 x 500 trees hold 65 MB of leaves).
 
-Compiled on first use and cached next to this file (or in ``NUMBA_CACHE_DIR``).
+Compiled on first use and cached next to this file (or in ``NUMBA_CACHE_DIR``); a parsed model file is
+kept as arrays in a cache folder (``load_shape_predictor``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import shutil
+from pathlib import Path
 
 import numba
 import numpy as np
 
 FLOAT_SPECIAL_EXPONENT = 32000  # dlib marks inf / -inf / nan with exponents 32000-32002
+CACHE_ENV = "HEAD2HEAD_CACHE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,10 +196,49 @@ def _read_sizes(data: np.ndarray) -> tuple[int, int, int, int, int]:
     return start, values, levels, trees, nodes
 
 
+def cache_folder(path: str | Path) -> Path:
+    """Where the arrays of the model file ``path`` are kept after its first parse: under
+    $HEAD2HEAD_CACHE, else $XDG_CACHE_HOME/head2head or ~/.cache/head2head, in a folder named after the
+    file's stem and a hash of its absolute path, size and modification time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "head2head"
+    return Path(root) / "shape_predictor" / f"{path.stem}-{key}"
+
+
 @functools.lru_cache(maxsize=2)
 def load_shape_predictor(path: str) -> ShapePredictorModel:
-    """Reads a dlib shape predictor file (``dlib.shape_predictor``'s serialisation, version 1, trees of
-    one depth throughout, as dlib's trainer makes them)."""
+    """A dlib shape predictor file (``dlib.shape_predictor``'s serialisation, version 1, trees of one depth
+    throughout, as dlib's trainer makes them).
+
+    The first load parses the file (~1 s for the 100 MB 68-point model) and keeps its arrays as .npy
+    files in ``cache_folder(path)``; later loads, in any process, map those read-only (milliseconds, and
+    the processes on a machine share the pages). Where the cache cannot be written, every load parses.
+    """
+    folder = cache_folder(path)
+    fields = [f.name for f in dataclasses.fields(ShapePredictorModel)]
+    try:
+        return ShapePredictorModel(*(np.load(folder / f"{name}.npy", mmap_mode="r") for name in fields))
+    except (OSError, ValueError):
+        pass
+    model = parse_shape_predictor(path)
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        for name in fields:
+            np.save(partial / f"{name}.npy", getattr(model, name))
+        shutil.rmtree(folder, ignore_errors=True)  # an unreadable earlier copy
+        os.replace(partial, folder)  # readers see the whole folder or none
+    except OSError:  # read-only cache, or another process renamed its copy first
+        shutil.rmtree(partial, ignore_errors=True)
+    return model
+
+
+def parse_shape_predictor(path: str) -> ShapePredictorModel:
+    """Parses a dlib shape predictor file into arrays (see ``load_shape_predictor``)."""
     data = np.fromfile(path, np.uint8)
     try:
         start, values, levels, trees, nodes = _read_sizes(data)

@@ -10,7 +10,7 @@ import pytest
 from pipeline.decode import DecodeConfig, read_frames
 from pipeline.face_track import FaceTrackConfig, crop_faces, track_video
 from pipeline.landmarks import LandmarkConfig, detect_landmarks, dlib_boxes, dlib_intensity, dlib_model_path
-from pipeline.shape_predictor import load_shape_predictor, predict_shapes
+from pipeline.shape_predictor import CACHE_ENV, cache_folder, load_shape_predictor, predict_shapes
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,34 @@ def test_a_batch_gives_each_image_its_own_points(model):
     batch = predict_shapes(model, images, boxes)
     for image, box, points in zip(images, boxes, batch):
         np.testing.assert_array_equal(predict_shapes(model, image[None], box[None]), points[None])
+
+
+def test_the_parsed_model_is_cached_and_mapped_by_later_loads(tmp_path, monkeypatch, model):
+    """The first load keeps the arrays in the cache folder; a later load maps the same arrays read-only
+    and predicts the same points. A cache that cannot be written only costs a parse per load."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    path = str(dlib_model_path())
+    images = np.zeros((1, 64, 64), np.uint8)
+    images[0, 20:44, 24:40] = 200
+    box = np.array([[12.0, 12.0, 52.0, 52.0]])
+    try:
+        load_shape_predictor.cache_clear()
+        parsed = load_shape_predictor(path)
+        folder = cache_folder(path)
+        assert folder.parent == tmp_path / "cache" / "shape_predictor"
+        fields = ("initial_shape", "anchors", "deltas", "split_samples", "split_thresholds", "leaves")
+        assert sorted(p.name for p in folder.iterdir()) == sorted(f"{name}.npy" for name in fields)
+        load_shape_predictor.cache_clear()
+        mapped = load_shape_predictor(path)
+        assert isinstance(mapped.leaves, np.memmap) and not mapped.leaves.flags.writeable
+        for name in fields:
+            np.testing.assert_array_equal(getattr(mapped, name), getattr(parsed, name))
+        np.testing.assert_array_equal(predict_shapes(mapped, images, box), predict_shapes(model, images, box))
+
+        (tmp_path / "file").write_text("not a folder")
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file"))
+        load_shape_predictor.cache_clear()
+        np.testing.assert_array_equal(load_shape_predictor(path).leaves, parsed.leaves)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "file"]
+    finally:
+        load_shape_predictor.cache_clear()
