@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
         # 2. One structured shape solve on all frames (a fresh problem: its Gram blocks are timed too).
         problem, build_s = timed(shape_problem_at, model, result, landmarks_px, weights, config, slice(None))
         zeros_exp = np.zeros((args.frames, model.n_expression))
-        (fast_id, fast_exp, fast_iters), fast_s = timed(
+        (fast_id, fast_exp, fast_iters, _), fast_s = timed(
             fit_shape_admm_structured, problem, zeros_id, zeros_exp
         )
         fast_cpu_s = timed.cpu_s
         tight = dataclasses.replace(StructuredSolverConfig(), tolerance=2e-6, max_iterations=5000)
-        tight_id, tight_exp, tight_iters = fit_shape_admm_structured(problem, zeros_id, zeros_exp, tight)
+        tight_id, tight_exp, tight_iters, _ = fit_shape_admm_structured(problem, zeros_id, zeros_exp, tight)
         e_fast, e_tight = problem.energy(fast_id, fast_exp), problem.energy(tight_id, tight_exp)
         print(f"structured: {args.frames} frames in {fast_s:.3f} s ({fast_iters} iterations)", flush=True)
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         zeros_small = np.zeros((args.reference_frames, model.n_expression))
         (ref_id, ref_exp, ref_iters), ref_s = timed(fit_shape_bounded_lsq, small, zeros_id, zeros_small)
         ref_cpu_s = timed.cpu_s
-        (sf_id, sf_exp, _), small_fast_s = timed(fit_shape_admm_structured, small, zeros_id, zeros_small)
+        (sf_id, sf_exp, *_), small_fast_s = timed(fit_shape_admm_structured, small, zeros_id, zeros_small)
         e_ref, e_small_fast = small.energy(ref_id, ref_exp), small.energy(sf_id, sf_exp)
         print(
             f"reference: {args.reference_frames} frames in {ref_s:.1f} s ({ref_iters} iterations)", flush=True

@@ -605,16 +605,19 @@ def build_shape_problem(
     )
 
 
-def solve_shape(problem: ShapeProblem, identity: np.ndarray, expression: np.ndarray, solver: str):
-    """Dispatches to a solver: -> (identity (N_id,), expression (T, N_exp), solver iterations)."""
+def solve_shape(
+    problem: ShapeProblem, identity: np.ndarray, expression: np.ndarray, solver: str, warm_start=None
+):
+    """Dispatches to a solver: -> (identity (N_id,), expression (T, N_exp), solver iterations, the
+    solver's state to warm-start its next call on a similar problem: ``warm_start``)."""
     if solver == "structured":
         from pipeline.fit_structured import fit_shape_admm_structured
 
-        return fit_shape_admm_structured(problem, identity, expression)
+        return fit_shape_admm_structured(problem, identity, expression, multipliers=warm_start)
     if solver == "reference_lsq":
         from pipeline.fit_reference_lsq import fit_shape_bounded_lsq
 
-        return fit_shape_bounded_lsq(problem, identity, expression)
+        return (*fit_shape_bounded_lsq(problem, identity, expression), None)
     raise ValueError(f"unknown solver {solver!r}; use 'structured' or 'reference_lsq'")
 
 
@@ -667,7 +670,7 @@ def _fit_video(
 
     candidates = basis.candidate_points(identity, expression)
     camera = estimate_camera_affine(candidates[:, :, 0], landmarks_px, weights)
-    previous, converged, solver_iterations, rounds = np.inf, False, 0, 0
+    previous, converged, solver_iterations, rounds, warm_start = np.inf, False, 0, 0, None
     w_pose = config.w_smooth * config.pose_smooth_scale
     for rounds in range(1, config.iterations + 1):  # noqa: B007 (rounds is reported)
         # Camera step (shape fixed), then the contour choice under the new pose.
@@ -702,7 +705,9 @@ def _fit_video(
             expression_bounds,
             asymmetry,
         )
-        identity, expression, its = solve_shape(problem, identity, expression, config.solver)
+        identity, expression, its, warm_start = solve_shape(
+            problem, identity, expression, config.solver, warm_start
+        )
         solver_iterations += its
         candidates = basis.candidate_points(identity, expression)
         energy = problem.energy(identity, expression) + w_pose / n_frames * pose_smoothness(camera, iod)

@@ -97,7 +97,7 @@ def test_structured_solver_matches_reference_energy(
     assert (problem.identity_asymmetry is None) == (w_asymmetry == 0)
     start_id, start_exp = np.zeros(ict_model.n_identity), np.zeros_like(track.expression)
     ref_id, ref_exp, _ = fit_shape_bounded_lsq(problem, start_id, start_exp)
-    fast_id, fast_exp, iters = fit_shape_admm_structured(problem, start_id, start_exp)
+    fast_id, fast_exp, iters, multipliers = fit_shape_admm_structured(problem, start_id, start_exp)
     assert not start_id.any() and not start_exp.any()  # inputs untouched
     e_ref, e_fast = problem.energy(ref_id, ref_exp), problem.energy(fast_id, fast_exp)
     assert (e_fast - e_ref) / e_ref <= 1e-3, (e_fast, e_ref)
@@ -107,6 +107,15 @@ def test_structured_solver_matches_reference_energy(
     if identity_bound_std < 1:
         assert np.any(np.abs(fast_id) == identity_bound_std)
     assert iters < 400
+    # Warm-started with its own solution's multipliers, ADMM stops at once with the same energy; from
+    # the solution with zero multipliers it has to find the binding constraints' forces again.
+    warm_id, warm_exp, warm_iters, _ = fit_shape_admm_structured(
+        problem, fast_id, fast_exp, multipliers=multipliers
+    )
+    _, _, cold_iters, _ = fit_shape_admm_structured(problem, fast_id, fast_exp)
+    assert warm_iters < cold_iters and warm_iters <= 3, (warm_iters, cold_iters)
+    assert (problem.energy(warm_id, warm_exp) - e_ref) / e_ref <= 1e-3
+    assert problem.is_feasible(warm_id, warm_exp, atol=0)
 
 
 def test_fit_video_recovers_synthetic_track(ict_model):
