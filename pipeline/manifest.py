@@ -14,8 +14,6 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-import pandas as pd
-
 from infra import storage
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -43,6 +41,8 @@ def _stem(uri: str) -> str:
 
 
 def _read_manifest(uri: str) -> list[VideoSource]:
+    import pandas as pd  # here, not at the top: the workers import this module but read no manifest
+
     data = storage.read_bytes(uri)
     table = (
         pd.read_csv(io.BytesIO(data)) if uri.lower().endswith(".csv") else pd.read_parquet(io.BytesIO(data))
