@@ -26,7 +26,8 @@ first F of each) and reports:
   ray_overhead_share_after_startup: the same measures over the processing window after it;
 - running_cluster_*: the same job joining a cluster started beforehand with ``ray start --head`` (as
   ``ray job submit`` runs against one): its frames/s, wall time, start-up (planning, connecting, the
-  actors' start) and processing-window frames/s; Ray's own start is not in them;
+  actors' start) and processing-window frames/s, and its Ray overhead against the plain processes;
+  Ray's own start is not in them;
 - mask_iou_green_screen: IoU of the foreground masks against a chroma key on liveportrait_d0 (shot on
   a green screen), over the shard's frames.
 The last line printed is one JSON object.
@@ -229,6 +230,9 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
         "running_cluster_wall_s": round(cluster_wall_s, 2),
         "running_cluster_startup_s": cluster_summary["startup_s"],
         "running_cluster_processing_frames_per_s": cluster_summary["processing_frames_per_s"],
+        "running_cluster_ray_overhead_vs_processes": round(
+            1.0 - cluster_summary["frames_this_run"] / cluster_wall_s / pool_fps, 3
+        ),
         "mask_iou_green_screen": mask_iou(work / "out"),
         "target_frames_per_s": 50,
     }
