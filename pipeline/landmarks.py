@@ -253,7 +253,7 @@ def load_landmark_model(config: LandmarkConfig = LandmarkConfig()) -> None:
     """Loads the configured backend's model ahead of the first video (the dlib predictor file is 100 MB);
     raises FileNotFoundError like ``detect_landmarks`` when it is missing."""
     if config.backend == "dlib" and config.dlib_runtime == "numba":
-        load_shape_predictor(str(dlib_model_path(config)))
+        # One face now: the model is mapped (or parsed) and the compiled cascade loaded here.
         landmarks_dlib(np.zeros((1, 64, 64, 3), np.uint8), np.array([[16.0, 16.0, 48.0, 48.0]]), config)
     elif config.backend == "dlib":
         _dlib_predictor(str(dlib_model_path(config)))

@@ -41,7 +41,11 @@ def test_damaged_model_files_are_named(tmp_path):
     data[: len(data) // 2].tofile(truncated)
     text = tmp_path / "text.dat"
     text.write_text("not a model\n")
-    for path in (truncated, text):
+    empty = tmp_path / "empty.dat"
+    empty.write_bytes(b"")
+    header = tmp_path / "header.dat"  # a valid start that claims more trees than the file holds
+    data[:4096].tofile(header)
+    for path in (truncated, text, empty, header):
         with pytest.raises(ValueError, match="is not a dlib shape predictor file") as err:
             load_shape_predictor(str(path))
         assert str(path) in str(err.value)
