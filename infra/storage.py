@@ -103,12 +103,15 @@ def atomic_writer(uri: str) -> Iterator[BinaryIO]:
     """A binary file to write ``uri`` through, so that readers never see a partial file.
 
     Local files are written beside the target and renamed into place when the block ends (removed if it
-    raises); S3 objects are buffered in memory and sent in one PUT, atomic by itself, when it ends.
+    raises); S3 objects are buffered in memory and sent in one PUT, atomic by itself, when it ends. The
+    local temporary file is hidden (".<name>.tmp-<id>"), so the partial file a killed process leaves is
+    skipped by dataset readers (pyarrow, pandas and Ray Data skip names starting with ".") and globs.
     """
     fs, path = filesystem(uri)
     if is_local(uri):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        folder, name = os.path.split(path)
+        os.makedirs(folder or ".", exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             with open(tmp, "wb") as f:
                 yield f

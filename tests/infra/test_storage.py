@@ -28,6 +28,24 @@ def test_an_atomic_write_that_fails_leaves_nothing_and_keeps_the_old_file(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
+def test_a_partial_file_is_hidden_from_dataset_readers(tmp_path):
+    """A process killed while writing a shard leaves its temporary file; readers of the folder skip it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "shards"
+    table = pa.table({"x": [1, 2, 3]})
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    storage.write_bytes(str(shards / "a.parquet"), buffer.getvalue().to_pybytes())
+    with storage.atomic_writer(str(shards / "b.parquet")) as f:
+        f.write(b"PAR1 half a shard")  # the writer is killed here: nothing below runs in that process
+        (partial,) = [p for p in shards.iterdir() if p.name != "a.parquet"]
+        assert partial.name.startswith(".b.parquet.tmp-")
+        assert pq.read_table(shards).num_rows == 3
+        assert list(shards.glob("*.parquet")) == [shards / "a.parquet"]
+
+
 def test_s3_round_trip_through_a_real_s3_api(s3_env):
     bucket = s3_env
     data = np.arange(1000, dtype=np.float32).tobytes()
