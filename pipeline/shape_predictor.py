@@ -65,6 +65,10 @@ class ShapePredictorModel:
     def num_parts(self) -> int:
         return self.initial_shape.size // 2
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The fields in order, not copied (``dataclasses.astuple`` would deep-copy 65 MB of leaves)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
 
 @numba.njit(cache=True, nogil=True)
 def _read_int(data: np.ndarray, pos: int) -> tuple[int, int]:
@@ -394,5 +398,5 @@ def predict_shapes(
     if images.ndim != 3 or boxes.shape != (len(images), 4):
         raise ValueError(f"expected images (B, H, W) and boxes (B, 4), got {images.shape} and {boxes.shape}")
     points = np.empty((len(images), model.num_parts, 2), np.float64)
-    _predict(images, boxes, subpixel, *dataclasses.astuple(model), points)
+    _predict(images, boxes, subpixel, *model.arrays(), points)
     return points
