@@ -30,17 +30,17 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from model.morphable_model import load_morphable_model
-from pipeline.fit_3dmm import (
+from model.face3d.loader import load_morphable_model
+from pipeline.preprocess.fit_3dmm import (
     FitConfig,
     LandmarkBasis,
     build_shape_problem,
     fit_video,
     identity_asymmetry_gram,
 )
-from pipeline.fit_reference_lsq import fit_shape_bounded_lsq
-from pipeline.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
-from pipeline.synthetic_landmarks import synthetic_track
+from pipeline.preprocess.fit_reference_lsq import fit_shape_bounded_lsq
+from pipeline.preprocess.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
+from pipeline.preprocess.synthetic_landmarks import synthetic_track
 
 
 def landmark_track(frames: int, landmarks: str | None, model) -> tuple[np.ndarray, np.ndarray]:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from infra.config import load_config
-from model.camera import PITCH, ROLL, SCALE, TX, TY
-from model.morphable_model import ModelConfig, load_morphable_model
-from pipeline.fit_3dmm import (
+from model.face3d.camera import PITCH, ROLL, SCALE, TX, TY
+from model.face3d.loader import MorphableModelConfig, load_morphable_model
+from pipeline.preprocess.fit_3dmm import (
     LANDMARK_REGIONS,
     OUTER_EYE_CORNERS,
     FitConfig,
@@ -48,7 +48,7 @@ class QualityConfig:
     """The fit being evaluated and the model it uses."""
 
     fit: FitConfig = FitConfig()
-    model: ModelConfig = ModelConfig()
+    model: MorphableModelConfig = MorphableModelConfig()
 
 
 def landmark_error_pct(result: FitResult, landmarks_px: np.ndarray) -> dict[str, float]:

@@ -5,8 +5,8 @@
 Crops come from the preprocessing job's own tracking (``track_and_crop``, 256 px) of the first ``--clips``
 shared clips. For each CPU backend (DIS presets, Farneback) and for zero flow it reports:
 - ``ms_per_frame_cpu``: CPU time of ``optical_flow`` per frame pair, on one OpenCV thread;
-- ``warp_error``: ``pipeline.flow.warp_error``, the mean absolute grey-level difference between a frame
-  and its successor sampled along the flow (lower is better; zero flow is the baseline).
+- ``warp_error``: ``pipeline.preprocess.flow.warp_error``, the mean absolute grey-level difference between a
+  frame and its successor sampled along the flow (lower is better; zero flow is the baseline).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.decode import DecodeConfig
-from pipeline.face_track import FaceTrackConfig, track_and_crop
-from pipeline.flow import FlowConfig, optical_flow, warp_error
+from pipeline.preprocess.decode import DecodeConfig
+from pipeline.preprocess.face_track import FaceTrackConfig, track_and_crop
+from pipeline.preprocess.flow import FlowConfig, optical_flow, warp_error
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 CONFIGS = {

@@ -27,16 +27,16 @@ import time
 
 import torch
 
-from model.discriminators import (
+from model.networks.discriminators import (
     ImageDiscriminator,
     ImageDiscriminatorConfig,
     MouthDiscriminator,
     TemporalDiscriminator,
 )
-from model.embedder import IdentityEmbedder
-from model.finetune import convert_generator
-from model.generator import Generator, GeneratorConfig
-from model.layers import count_parameters
+from model.networks.embedder import IdentityEmbedder
+from model.networks.finetune import convert_generator
+from model.networks.generator import Generator, GeneratorConfig
+from model.networks.layers import count_parameters
 
 
 def synthesis_fps(

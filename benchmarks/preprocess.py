@@ -49,13 +49,19 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from infra.config import load_config
-from model.morphable_model import MorphableModel, load_morphable_model
+from model.face3d.loader import load_morphable_model
+from model.face3d.morphable_model import MorphableModel
 from pipeline import schema
-from pipeline.manifest import VideoSource, discover_videos
-from pipeline.masks import chroma_key_ground_truth, iou
-from pipeline.nmfc import NmfcRenderer
-from pipeline.preprocess import PreprocessConfig, load_models, process_video
-from pipeline.ray_preprocess import PreprocessJobConfig, limit_threads, resolve_model, run_preprocess
+from pipeline.preprocess.chain import PreprocessConfig, load_models, process_video
+from pipeline.preprocess.manifest import VideoSource, discover_videos
+from pipeline.preprocess.masks import chroma_key_ground_truth, iou
+from pipeline.preprocess.nmfc import NmfcRenderer
+from pipeline.preprocess.ray_preprocess import (
+    PreprocessJobConfig,
+    limit_threads,
+    resolve_model,
+    run_preprocess,
+)
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 GREEN_SCREEN = "liveportrait_d0"

@@ -6,7 +6,7 @@
 Measures NMFC frames per second at ``--size`` x ``--size`` for batch 1 and batch 32, with one torch
 thread and with all threads, on CPU (and CUDA when a device is present):
 
-- ``nmfc``: the whole NMFC image from 3DMM parameters (model evaluation, ``model.camera.project``,
+- ``nmfc``: the whole NMFC image from 3DMM parameters (model evaluation, ``model.face3d.camera.project``,
   rasterisation with back faces culled as ``NmfcConfig`` does, colour lookup) as float32 in [0, 1];
   ``nmfc_uint8`` the same as uint8, the format the preprocessing job stores (every frame gets its own
   random identity here; a video's frames share one, which saves the identity product);
@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from infra.memory import retain_freed_memory
-from model.camera import make_camera
-from model.morphable_model import load_morphable_model
-from pipeline.nmfc import NmfcConfig, NmfcRenderer
-from pipeline.rasterize import RasterizeConfig, pytorch3d_available, rasterize
+from model.face3d.camera import make_camera
+from model.face3d.loader import load_morphable_model
+from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
+from pipeline.preprocess.rasterize import RasterizeConfig, pytorch3d_available, rasterize
 
 
 def random_parameters(model, n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -11,7 +11,7 @@ random weights), and end to end.
 ``--dump DIR`` runs decode -> track -> crop -> landmarks (``--backend``, dlib by default) on every
 frame of every clip and writes ``DIR/<clip_stem>.npz`` with ``landmarks_px (T, 68, 2) float32`` (crop
 pixels), ``frame_index (T,) int64``, ``crop_size`` (int), ``fps`` (float), the crop transform
-(``crop_center_px (T, 2)``, ``crop_side_px (T,)`` frame pixels; see pipeline/face_track.py) and
+(``crop_center_px (T, 2)``, ``crop_side_px (T,)`` frame pixels; see pipeline/preprocess/face_track.py) and
 ``frame_hw``; rejected clips are listed with their reason in ``DIR/summary.json``; ``DIR/DONE`` is
 written last.
 """
@@ -29,16 +29,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.decode import DecodeConfig, iter_frames
 from pipeline.errors import VideoRejected
-from pipeline.face_track import (
+from pipeline.preprocess.decode import DecodeConfig, iter_frames
+from pipeline.preprocess.face_track import (
     FaceTrackConfig,
     crop_faces,
     detect_faces,
     detection_frames,
     track_video,
 )
-from pipeline.landmarks import LandmarkConfig, detect_landmarks, fan_weights_path, landmarks_for_video
+from pipeline.preprocess.landmarks import (
+    LandmarkConfig,
+    detect_landmarks,
+    fan_weights_path,
+    landmarks_for_video,
+)
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
 

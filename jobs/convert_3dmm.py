@@ -20,13 +20,14 @@ import numpy as np
 
 from infra import storage
 from infra.config import add_config_arguments, config_yaml, load_config, save_config
-from model.camera import make_camera, project_numpy
-from model.morphable_model import ModelConfig, load_morphable_model, save_morphable_model
+from model.face3d.camera import make_camera, project_numpy
+from model.face3d.loader import MorphableModelConfig, load_morphable_model
+from model.face3d.morphable_model import save_morphable_model
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: MorphableModelConfig = field(default_factory=MorphableModelConfig)
     preview_size_px: int = 512
 
 

@@ -21,7 +21,7 @@ import sys
 
 from infra import storage
 from infra.config import add_config_arguments, config_yaml, load_config
-from pipeline.ray_preprocess import PreprocessJobConfig, plan, resolve_model, run_preprocess
+from pipeline.preprocess.ray_preprocess import PreprocessJobConfig, plan, resolve_model, run_preprocess
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ Frame shard columns (``FRAME_SCHEMA``); images decode with ``decode_image``, flo
 | nmfc            | binary                      | NMFC image (Eq. 3), PNG, lossless 8-bit RGB               |
 | mask            | binary                      | foreground mask, PNG, 0/255 grey                          |
 | flow            | binary                      | flow to the next frame, float16 (S, S, 2) little-endian   |
-| landmarks_px    | fixed_size_list<float32>[136] | 68 (x, y) landmarks in crop pixels (model/camera.py)    |
+| landmarks_px    | fixed_size_list<float32>[136] | 68 (x, y), crop pixels (model/face3d/camera.py)  |
 | expression      | list<float32>               | 3DMM expression coefficients of the frame (N_exp)        |
 | camera          | fixed_size_list<float32>[7] | (pitch, yaw, roll, tx, ty, tz, scale), crop pixels        |
 | mouth_box_px    | fixed_size_list<int32>[4]   | mouth crop (x0, y0, x1, y1) for the mouth discriminator   |

@@ -22,7 +22,7 @@ def require(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def ict_model():
     """The ICT Face Model Light loaded from the packed npz in ../shared."""
-    from model.morphable_model import load_morphable_model
+    from model.face3d.loader import load_morphable_model
 
     return load_morphable_model(require(ICT_PACKED))
 

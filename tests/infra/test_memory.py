@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from infra.memory import retain_freed_memory
-from model.camera import make_camera
-from pipeline.nmfc import NmfcConfig, NmfcRenderer
+from model.face3d.camera import make_camera
+from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")

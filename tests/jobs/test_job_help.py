@@ -30,7 +30,7 @@ def test_job_help(job):
 
 def test_convert_3dmm_job_writes_model_preview_and_config(tmp_path, ict_model):
     from jobs import convert_3dmm
-    from model.morphable_model import load_morphable_model
+    from model.face3d.loader import load_morphable_model
 
     assert convert_3dmm.main(["--output", str(tmp_path), "--set", "preview_size_px=128"]) == 0
     converted = load_morphable_model(tmp_path / "model.npz")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schema
-from pipeline.masks import landmark_face_masks
+from pipeline.preprocess.masks import landmark_face_masks
 from tests.jobs.preprocess_inputs import GOOD_CLIPS, make_inputs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def test_worker_node_lost_mid_run_still_yields_every_video_exactly_once(
     from ray.cluster_utils import Cluster
 
     from infra.config import load_config
-    from pipeline.ray_preprocess import PreprocessJobConfig, run_preprocess
+    from pipeline.preprocess.ray_preprocess import PreprocessJobConfig, run_preprocess
 
     make_inputs(tmp_path / "in", shared_videos, shared_images, frames=FRAMES, bad=False)
     out = tmp_path / "out"
