@@ -13,7 +13,8 @@ thread and with all threads, on CPU (and CUDA when a device is present):
 - ``raster``: rasterisation alone of the same projected vertices: ``cull`` as NMFC runs it (back faces
   culled, no barycentrics) and ``full`` (every triangle of the open surface z-buffered, with
   barycentrics: the whole PyTorch3D-style output), by each backend (``numba`` on CPU, ``torch``; NMFC
-  uses ``auto``, i.e. numba on CPU).
+  uses ``auto``, i.e. numba on CPU); with ``--pytorch3d`` also by PyTorch3D where it is installed (on CPU
+  at batch 1 only: its CPU kernel takes seconds a frame).
 
 ``*_fps`` is the median by wall clock; on CPU ``*_fps_cpu_time`` is the median by this process's CPU
 time, which is what one thread costs when other processes share the cores (with several threads it sums
@@ -87,7 +88,14 @@ def frames_per_second(
     )
 
 
-def measure(renderer: NmfcRenderer, params, batch: int, seconds: float, device: str) -> dict:
+def _rounded(fps: float) -> float:
+    """One decimal, or three significant digits below 10 frames/s (PyTorch3D on CPU)."""
+    return round(fps, 1) if fps >= 10 else float(f"{fps:.3g}")
+
+
+def measure(
+    renderer: NmfcRenderer, params, batch: int, seconds: float, device: str, with_pytorch3d: bool = False
+) -> dict:
     identity, expression, camera = (p[:batch].to(device) for p in params)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     verts_px = renderer.vertices_px(identity, expression, camera)
@@ -97,18 +105,21 @@ def measure(renderer: NmfcRenderer, params, batch: int, seconds: float, device: 
         "nmfc_uint8": lambda: renderer.render(identity, expression, camera, uint8=True),
     }
     # As NMFC uses it (back faces culled, no barycentrics), and the full PyTorch3D-like output, with each
-    # of our backends that runs on the device.
-    for backend in ("numba", "torch") if device == "cpu" else ("torch",):
+    # of our backends that runs on the device (and PyTorch3D when asked for).
+    backends = ["numba", "torch"] if device == "cpu" else ["torch"]
+    if with_pytorch3d and pytorch3d_available() and (device == "cuda" or batch == 1):
+        backends.append("pytorch3d")
+    for backend in backends:
         for name, cull, bary in (("raster_cull", True, False), ("raster_full", False, True)):
             config = RasterizeConfig(backend=backend, cull_backfaces=cull, barycentrics=bary)
             runs[f"{name}_{backend}"] = lambda c=config: rasterize(verts_px, renderer.faces, size, c)
     result = {}
     for name, run in runs.items():
         wall_fps, cpu_fps, best_cpu_fps = frames_per_second(run, batch, seconds, sync)
-        result[f"{name}_fps"] = round(wall_fps, 1)
+        result[f"{name}_fps"] = _rounded(wall_fps)
         if device == "cpu":
-            result[f"{name}_fps_cpu_time"] = round(cpu_fps, 1)
-            result[f"{name}_fps_best_cpu_time"] = round(best_cpu_fps, 1)
+            result[f"{name}_fps_cpu_time"] = _rounded(cpu_fps)
+            result[f"{name}_fps_best_cpu_time"] = _rounded(best_cpu_fps)
     return result
 
 
@@ -121,6 +132,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--model", default=None, help="3DMM path (default: the ICT model in ../shared)")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
+    parser.add_argument(
+        "--pytorch3d", action="store_true", help="also time PyTorch3D (where installed; CPU: batch 1 only)"
+    )
     args = parser.parse_args()
 
     allocator_retains = retain_freed_memory()  # as the preprocessing workers run
@@ -146,7 +160,9 @@ def main() -> None:
             renderer = NmfcRenderer(model, NmfcConfig(image_size=(args.size, args.size)), device=device)
             for batch in args.batches:
                 key = f"threads{threads}_batch{batch}"
-                results["cpu_results"][key] = measure(renderer, params, batch, args.seconds, device)
+                results["cpu_results"][key] = measure(
+                    renderer, params, batch, args.seconds, device, args.pytorch3d
+                )
                 print(key, results["cpu_results"][key], flush=True)
     if torch.cuda.is_available():
         renderer = NmfcRenderer(model, NmfcConfig(image_size=(args.size, args.size)), device="cuda")
@@ -154,7 +170,9 @@ def main() -> None:
         results["cuda_results"] = {}
         for batch in args.batches:
             key = f"batch{batch}"
-            results["cuda_results"][key] = measure(renderer, params, batch, args.seconds, "cuda")
+            results["cuda_results"][key] = measure(
+                renderer, params, batch, args.seconds, "cuda", args.pytorch3d
+            )
             print("cuda", key, results["cuda_results"][key], flush=True)
     results["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results))

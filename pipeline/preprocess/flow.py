@@ -29,9 +29,9 @@ _DIS_PRESETS = {
 @dataclass(frozen=True)
 class FlowConfig:
     backend: Literal["dis", "farneback", "raft"] = "dis"
-    # benchmarks/flow.py (4 shared clips, 256 px crops): ultrafast 0.96 ms a frame with a mean warp error
-    # of 1.480 grey levels, fast 2.72 ms with 1.454, medium 11.7 ms with 1.275 (zero flow: 2.773), so
-    # ultrafast keeps 98% of fast's improvement over no flow at a third of its cost.
+    # Chosen with benchmarks/flow.py, which prints each preset's cost and warp error (numbers in
+    # docs/preprocessing.md): ultrafast keeps nearly all of fast's improvement over no flow at a fraction
+    # of its cost.
     dis_preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
     weights_path: str | None = None  # raft: local torchvision raft_small state dict
     device: str = "cpu"

@@ -7,8 +7,9 @@ The paper used a face-parsing network; its weights are a download. Two backends 
   head-and-shoulders prior around it (probable foreground) and the crop's top border (sure background);
   the segmented key frames give foreground and background colour histograms. Every frame is then
   classified by the histogram posterior (a table look-up), combined with the spatial prior, and
-  cleaned (the component touching the face is kept, holes filled). Key frames cost about 0.25 s each at
-  256 px; every other frame about a millisecond.
+  cleaned (the component touching the face is kept, holes filled). GrabCut on the few key frames is
+  most of the cost; every other frame is a table look-up, a blur and the clean-up (docs/preprocessing.md
+  has the costs).
 - ``deeplab``: torchvision's DeepLabV3-MobileNetV3 person class, with weights from a configured local
   file (``weights_path``); never downloaded. Use where a GPU or better masks are worth it.
 """

@@ -3,11 +3,11 @@
 The three networks and the detection pipeline follow facenet-pytorch 2.6 (MIT licence) and load its
 pretrained weights (``pnet.pt``, ``rnet.pt``, ``onet.pt`` in the installed package's ``data`` folder,
 found with ``importlib.util.find_spec`` so the package is never imported). Importing facenet-pytorch
-imports torchvision, whose ``ops`` import ``torch._dynamo``: ~1.9 s of CPU in every worker process
-before its first video. The non-maximum suppressions here reproduce torchvision's ``batched_nms``
-(both its paths) and facenet's ``batched_nms_numpy``, so the detections equal facenet-pytorch's
-``MTCNN.detect`` bit for bit with channels-first nets (``tests/pipeline/preprocess/test_face_track.py``
-compares them on real frames).
+imports torchvision, whose ``ops`` import ``torch._dynamo``: seconds of CPU in every worker process
+before its first video (docs/preprocessing.md). The non-maximum suppressions here reproduce
+torchvision's ``batched_nms`` (both its paths) and facenet's ``batched_nms_numpy``, so the detections
+equal facenet-pytorch's ``MTCNN.detect`` bit for bit with channels-first nets
+(``tests/pipeline/preprocess/test_face_track.py`` compares them on real frames).
 
 ``detect`` is ``detect_face`` rearranged for speed on one CPU core (see its docstring).
 """
@@ -282,16 +282,16 @@ def detect(mtcnn: Mtcnn, images: np.ndarray, channels_last: bool = True) -> list
     rearranged for speed on one CPU core: images (N, H, W, 3) uint8 -> per image (F, 5) float32
     [x0, y0, x1, y1, prob], sorted by decreasing box area.
 
-    Two changes, ~2x less CPU time overall:
+    Two changes that cut its CPU time (docs/preprocessing.md has the numbers):
     - Area resampling (the image pyramid and the 24 / 48 px crops of every candidate box for RNet /
-      ONet; facenet calls ``interpolate(mode="area")`` once per box, ~0.3 ms each for hundreds of boxes)
+      ONet; facenet calls ``interpolate(mode="area")`` once per box, for hundreds of boxes a frame)
       is read off one summed-area table of the uint8 images (``area_resample``): bit-identical, as
       the window sums of integer pixels are exact either way and the division is the same.
-    - The nets see channels-last inputs, so every layer runs in that layout; torch's CPU max pooling
-      is 4-10x faster there (channels-first ``max_pool2d_with_indices`` was a third of the time), and
-      the convolutions faster too. The pools are exact; the convolutions sum in another order, which
-      moves the nets' outputs by ~1e-6, boxes by < 1e-3 px and probabilities by ~1e-7 on the shared
-      clips (a candidate scoring within that of a stage threshold could flip; none there does).
+    - The nets see channels-last inputs, so every layer runs in that layout, where torch's CPU max
+      pooling (channels-first, ``max_pool2d_with_indices`` dominates) and convolutions are faster. The
+      pools are exact; the convolutions sum in another order, which moves the nets' outputs by rounding
+      error (``tests/pipeline/preprocess/test_face_track.py`` holds boxes to 0.01 px and probabilities
+      to 1e-4 of facenet's; a candidate scoring within rounding of a stage threshold could flip).
     Boxes whose crop is empty are dropped before RNet / ONet (facenet would fail on them). With
     ``channels_last=False`` the nets run channels-first and the result is facenet's, bit for bit.
     """

@@ -32,7 +32,7 @@ MOUTH_LANDMARKS = slice(48, 68)
 @dataclass(frozen=True)
 class NmfcRasterizeConfig(RasterizeConfig):
     """``RasterizeConfig`` with the NMFC defaults (its own class, so that a partial override such as
-    ``--set render.rasterize.backend=torch`` keeps them).
+    ``--set preprocess.render.rasterize.backend=torch`` keeps them).
 
     Back faces are culled: the 3DMM surface is open at the eyes, the mouth and the neck, and without
     culling those holes would show the inside of the back of the head (colours of the wrong surface
@@ -141,8 +141,8 @@ class NmfcRenderer:
         self.faces = torch.as_tensor(self.model.faces.astype(np.int64), device=self.device)
         self.colors = triangle_colors(self.model.normalized_mean_coords, self.model.faces).to(self.device)
         self.landmarks = self.torch_model.landmarks
-        # One frame of the mean face now: loads the compiled rasteriser (numba, ~1 s the first time in
-        # a process) here rather than inside the first video's render.
+        # One frame of the mean face now: loads the compiled rasteriser (numba's cached machine code)
+        # here, at start-up, rather than inside the first video's render.
         camera = torch.as_tensor(make_camera(), dtype=torch.float32)[None]
         self.render(torch.zeros(1, model.n_identity), torch.zeros(1, model.n_expression), camera)
 

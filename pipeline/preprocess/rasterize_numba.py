@@ -3,14 +3,17 @@ to one loop over triangles and the pixel centres of each triangle's bounding box
 
 A face mesh at 256 px covers a few centres per triangle, so the vectorised torch backend spends most of
 its time building, gathering and reducing candidate arrays; here each candidate is a few float operations
-and a compare against the z-buffer in cache. Every quantity is computed with the torch backend's float
-expressions in its order and precision (``_triangle_setup``, the factored edge functions and depth of
-the ``pipeline.preprocess.rasterize`` docstring; numba does not contract them into fused multiply-adds), so
-the results are bitwise the same. Triangles are visited in face order and only a strictly nearer depth
-replaces the z-buffer, so equal depths keep the lowest face id, as the torch backend's packed keys do.
+and a compare against the z-buffer in cache (``benchmarks/rasterize.py`` compares the backends, see
+docs/preprocessing.md). Every quantity is computed with the torch backend's float expressions in its
+order and precision (``pipeline.preprocess.rasterize_triangles.triangle_setup``, the factored edge
+functions and depth of the ``pipeline.preprocess.rasterize`` docstring; numba does not contract them into
+fused multiply-adds), so the results are bitwise the same. Triangles are visited in face order and only a
+strictly nearer depth replaces the z-buffer, so equal depths keep the lowest face id, as the torch
+backend's packed keys do. Barycentrics are computed afterwards by the torch code
+(``visible_barycentrics``), from the faces this kernel chose.
 
-Compiled on first use and cached next to this file (or in ``NUMBA_CACHE_DIR``), so later processes load
-the machine code instead of compiling it.
+The kernel is compiled on first use and cached next to this file (or in ``NUMBA_CACHE_DIR``), so later
+processes load the machine code instead of compiling it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,51 @@ import math
 
 import numba
 import numpy as np
+import torch
+
+from pipeline.preprocess.rasterize_triangles import gather_corners, sort_faces, visible_barycentrics
+from pipeline.preprocess.rasterize_types import Fragments, RasterizeConfig, empty_fragments
+
+
+def rasterize_numba(
+    verts_px: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], config: RasterizeConfig
+) -> Fragments:
+    """``rasterize`` with the numba backend (the caller checks the inputs and disables autograd).
+
+    verts_px (B, V, 3) float32 or float64 on the CPU, image space; faces (F, 3) integer; image_size
+    (H, W) -> ``Fragments``, barycentrics as the torch backend computes them.
+    """
+    if verts_px.device.type != "cpu" or verts_px.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"the numba rasterizer takes float32 / float64 CPU vertices, got {verts_px.dtype} on "
+            f"{verts_px.device}: use backend 'auto' or 'torch'"
+        )
+    height, width = image_size
+    batch, n_faces = verts_px.shape[0], faces.shape[0]
+    if batch == 0 or n_faces == 0:
+        return empty_fragments(batch, height, width, verts_px.device, verts_px.dtype, config)
+    if n_faces >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 faces are supported, got {n_faces}")
+    verts = verts_px.detach().contiguous()
+    faces = sort_faces(faces.to(device="cpu", dtype=torch.int64))
+    pix_to_face = torch.empty((batch, height * width), dtype=getattr(torch, config.index_dtype))
+    zbuf = torch.empty((batch, height * width), dtype=verts.dtype)
+    rasterize_frames(
+        verts.numpy(),
+        faces.faces.contiguous().numpy(),
+        faces.winding.contiguous().numpy(),
+        config.cull_backfaces,
+        height,
+        width,
+        pix_to_face.numpy(),
+        zbuf.numpy(),
+    )
+    shape = (batch, height, width)
+    bary = None
+    if config.barycentrics:
+        bary = visible_barycentrics(gather_corners(verts, faces.faces), faces, pix_to_face.view(-1), width)
+        bary = bary.view(3, *shape).permute(1, 2, 3, 0)
+    return Fragments(pix_to_face.view(shape), zbuf.view(shape) if config.zbuf else None, bary)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -59,7 +107,7 @@ def rasterize_frames(
                 and math.isfinite(z2)
             ):
                 continue
-            area2 = (x0 - x1) * (y2 - y1) - (y0 - y1) * (x2 - x1)  # the sorted triangle's (_sorted_area2)
+            area2 = (x0 - x1) * (y2 - y1) - (y0 - y1) * (x2 - x1)  # the sorted triangle's (sorted_area2)
             own = area2 if winding[f] > 0 else -area2  # the face's own orientation
             if not (own > 0 or (own < 0 and not cull_backfaces)):  # (NaN areas cover nothing either way)
                 continue
@@ -70,14 +118,14 @@ def rasterize_frames(
             y_hi = min(np.floor(max(max(y0, y1), y2)), height - 1.0)
             if x_hi < x_lo or y_hi < y_lo:
                 continue
-            # _triangle_setup: edge k is opposite sorted corner k, anchored at its lower id; the inward
+            # triangle_setup: edge k is opposite sorted corner k, anchored at its lower id; the inward
             # sign is (+1, -1, +1) times the sorted triangle's orientation.
             o = -one if area2 < 0 else one
             ax0, ay0, dx0, dy0 = x1, y1, (x2 - x1) * o, (y2 - y1) * o
             ax1, ay1, dx1, dy1 = x0, y0, (x2 - x0) * -o, (y2 - y0) * -o
             ax2, ay2, dx2, dy2 = x0, y0, (x1 - x0) * o, (y1 - y0) * o
             area = area2 * o
-            inc0 = dy0 > 0 or (dy0 == 0 and dx0 < 0)  # top-left rule (_include_edge)
+            inc0 = dy0 > 0 or (dy0 == 0 and dx0 < 0)  # top-left rule (include_edge)
             inc1 = dy1 > 0 or (dy1 == 0 and dx1 < 0)
             inc2 = dy2 > 0 or (dy2 == 0 and dx2 < 0)
             for row in range(int(y_lo), int(y_hi) + 1):

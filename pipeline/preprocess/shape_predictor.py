@@ -1,6 +1,6 @@
 """dlib's shape predictor (Kazemi & Sullivan's ensemble of regression trees) compiled with numba: reads
-dlib's model file (``shape_predictor_68_face_landmarks.dat``) and runs the same cascade, about five times
-faster than the dlib package here (0.7-0.8 ms a face) and, optionally, at sub-pixel precision.
+dlib's model file (``shape_predictor_68_face_landmarks.dat``) and runs the same cascade, faster than the
+dlib package (docs/preprocessing.md compares them) and, optionally, at sub-pixel precision.
 
 The cascade (dlib's ``shape_predictor::operator()``): the shape starts as the model's mean shape in the
 face box's unit square; at each of its C levels, F pixels are sampled (each at a fixed offset from one
@@ -229,9 +229,9 @@ def load_shape_predictor(path: str) -> ShapePredictorModel:
     """A dlib shape predictor file (``dlib.shape_predictor``'s serialisation, version 1, trees of one depth
     throughout, as dlib's trainer makes them).
 
-    The first load parses the file (~1 s for the 100 MB 68-point model) and keeps its arrays as .npy
-    files in ``cache_folder(path)``; later loads, in any process, map those read-only (milliseconds, and
-    the processes on a machine share the pages). Where the cache cannot be written, every load parses.
+    The first load parses the file (the 68-point model is 100 MB) and keeps its arrays as .npy files in
+    ``cache_folder(path)``; later loads, in any process, map those read-only (no parsing, and the
+    processes on a machine share the pages). Where the cache cannot be written, every load parses.
     """
     folder = cache_folder(path)
     fields = [f.name for f in dataclasses.fields(ShapePredictorModel)]
