@@ -11,8 +11,8 @@ known parameters, yaw up to 45 degrees, 0.5 px noise, 3 occluded points per fram
    solver from zero, Gram blocks included: frames/s, and its energy against the same solver run to a
    100x tighter tolerance;
 3. the reference (``lsq_linear`` trf on the joint problem) and the structured solver on the first
-   ``--reference-frames`` frames of that problem (the generic solver is far too slow for 1000 frames on a
-   shared machine): frames/s of both and the relative energy gap (fast - reference) / reference.
+   ``--reference-frames`` frames of that problem (the generic solver is far too slow for 1000 frames):
+   frames/s of both and the relative energy gap (fast - reference) / reference.
 
 Wall-clock frames/s and frames per CPU-second of this (single-threaded) process are both reported: on
 a machine shared with other jobs the latter is the fairer per-core figure. The last stdout line is one
@@ -31,14 +31,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from model.face3d.loader import load_morphable_model
-from pipeline.preprocess.fit_3dmm import (
-    FitConfig,
-    LandmarkBasis,
-    build_shape_problem,
-    fit_video,
-    identity_asymmetry_gram,
-)
+from pipeline.preprocess.fit_3dmm import FitConfig, fit_video
 from pipeline.preprocess.fit_reference_lsq import fit_shape_bounded_lsq
+from pipeline.preprocess.fit_shape import LandmarkBasis, build_shape_problem, identity_asymmetry_gram
 from pipeline.preprocess.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
 from pipeline.preprocess.synthetic_landmarks import synthetic_track
 
@@ -137,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fit_video_frames_per_s": args.frames / fit_s,
         "fit_video_frames_per_cpu_s": args.frames / fit_cpu_s,
         "fit_video_rounds": result.iterations,
+        "fit_video_last_move_pct_iod": 100 * result.last_move_iod,
+        "fit_video_converged": result.converged,
         "fit_mean_error_pct_iod": float(100 * result.mean_error_iod(weights).mean()),
         "shape_problem_build_s": build_s,
         "structured_frames_per_s": args.frames / fast_s,

@@ -36,8 +36,8 @@ from pipeline.preprocess.fit_3dmm import (
     FitConfig,
     FitResult,
     fit_video,
-    second_difference,
 )
+from pipeline.preprocess.fit_shape import second_difference
 
 DEFAULT_LANDMARKS = "/tmp/h2h_landmarks"
 TARGET_ERROR_PCT = 2.0

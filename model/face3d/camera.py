@@ -16,6 +16,9 @@ Conventions (every stage uses these; do not re-derive them elsewhere):
       x_px = scale * (R v)_x + tx
       y_px = -scale * (R v)_y + ty
       depth = scale * (R v)_z + tz
+
+The torch functions serve rendering and training; the ``*_numpy`` ones serve the numpy 3DMM fit
+(float64, no autograd) and compute the same formulas, equal to them up to rounding.
 """
 
 from __future__ import annotations
@@ -66,6 +69,37 @@ def project_numpy(verts: np.ndarray, camera: np.ndarray) -> np.ndarray:
     return project(
         torch.as_tensor(verts, dtype=torch.float64), torch.as_tensor(camera, dtype=torch.float64)
     ).numpy()
+
+
+def euler_to_matrix_numpy(angles: np.ndarray) -> np.ndarray:
+    """``euler_to_matrix`` for numpy: angles (..., 3) radians -> R (..., 3, 3) float64."""
+    # torch.tensor copies: torch cannot wrap read-only arrays such as FitResult's.
+    return euler_to_matrix(torch.tensor(np.asarray(angles), dtype=torch.float64)).numpy()
+
+
+def camera_rotation_numpy(camera: np.ndarray) -> np.ndarray:
+    """The rotation of cameras: camera (..., 7) -> R (..., 3, 3) float64."""
+    return euler_to_matrix_numpy(np.asarray(camera)[..., PITCH : ROLL + 1])
+
+
+def camera_from_rotation_numpy(rotation: np.ndarray, tx_ty: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Cameras from their parts: R (..., 3, 3) (|yaw| < 90 degrees), tx_ty (..., 2) pixels, scale (...,)
+    pixels per model unit -> camera (..., 7) float64 with tz = 0."""
+    rotation = np.asarray(rotation)
+    camera = np.zeros(rotation.shape[:-2] + (CAMERA_DIM,))
+    camera[..., PITCH : ROLL + 1] = matrix_to_euler(torch.tensor(rotation, dtype=torch.float64)).numpy()
+    camera[..., TX : TY + 1] = tx_ty
+    camera[..., SCALE] = scale
+    return camera
+
+
+def project_xy_numpy(points: np.ndarray, camera: np.ndarray) -> np.ndarray:
+    """x and y of ``project`` in numpy: points (..., K, 3) model units, camera (..., 7) -> (..., K, 2) float64
+    pixels. Skips the depth, which the fit's many reprojection-error evaluations never need."""
+    camera = np.asarray(camera)
+    rotation_t = np.swapaxes(camera_rotation_numpy(camera), -1, -2)
+    rotated = np.matmul(points, rotation_t)[..., :2] * np.array([1.0, -1.0])  # y down
+    return camera[..., SCALE, None, None] * rotated + camera[..., None, TX : TY + 1]
 
 
 def make_camera(

@@ -2,8 +2,8 @@
 solved by a generic method, Coleman and Li's trust-region reflective algorithm
 (``scipy.optimize.lsq_linear(method="trf")``, the method the paper used).
 
-Slow (about 3-4 frames/s for long videos) and structure-blind on purpose: it is the obvious reference the
-structured solver (``pipeline.preprocess.fit_structured``) is tested against.
+Slow (benchmarks/fit_3dmm.py times both solvers) and structure-blind on purpose: it is the obvious
+reference the structured solver (``pipeline.preprocess.fit_structured``) is tested against.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from scipy.optimize import lsq_linear
 
 if TYPE_CHECKING:
-    from pipeline.preprocess.fit_3dmm import ShapeProblem
+    from pipeline.preprocess.fit_shape import ShapeProblem
 
 
 def stacked_system(problem: ShapeProblem) -> tuple[sp.csr_matrix, np.ndarray]:

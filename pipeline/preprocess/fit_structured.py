@@ -15,37 +15,26 @@ ADMM (Boyd et al. 2011, section 7.1, consensus form, over-relaxed) alternates th
 with per-coordinate penalties rho_i = rho * H_ii (diagonal scaling of the problem). The returned iterate
 (the box copy) is feasible by construction. Everything per iteration is a batched matrix-vector product
 or banded solve, O(T (N_exp^2 + N_exp N_id)) flops and no Python loop over frames; the one-off cost is
-the per-frame Gram blocks and 53x53 inverses. Measured on synthetic tracks (T = 10 to 1000), 30-40
-iterations at the default tolerance bring the energy within 2e-5 (relative) of a 1e-8-tolerance run's.
-A fit's later rounds pass the previous round's multipliers back in (``AdmmMultipliers``): on the shared
-clips rounds 2-7 then take 9-24 iterations instead of 20-27, for the same fit (mean landmark error
-1.5740% against 1.5739% of the eye distance, ``benchmarks/fit_quality.py``).
+the per-frame Gram blocks and 53x53 inverses. The default tolerance is checked against a much tighter
+run by benchmarks/fit_3dmm.py (``structured_gap_vs_tight``).
+A fit's later rounds pass the previous round's multipliers back in (``AdmmMultipliers``): the cameras
+move little between rounds, so ADMM starts near its new solution and needs fewer iterations for the
+same fit (docs/preprocessing.md, "The 3DMM fit").
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.linalg import cholesky_banded
 from scipy.linalg.lapack import dpbtrs
-from threadpoolctl import ThreadpoolController
+
+from pipeline.preprocess.fit_shape import single_threaded_blas
 
 if TYPE_CHECKING:
-    from pipeline.preprocess.fit_3dmm import ShapeProblem
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-def single_threaded_blas():
-    """A context manager running BLAS on one thread. The library scan behind it is done once per
-    process (``threadpool_limits`` repeats it on every call: ~4 ms, 3% of a 150-frame video's fit)."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+    from pipeline.preprocess.fit_shape import ShapeProblem
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.face3d.camera import CAMERA_DIM, PITCH, ROLL, SCALE, TX, TY
+from model.face3d.camera import CAMERA_DIM, PITCH, ROLL, SCALE, TX, TY, YAW, project_xy_numpy
 from model.face3d.morphable_model import N_LANDMARKS, MorphableModel
-from pipeline.preprocess.fit_3dmm import LandmarkBasis, project_points
+from pipeline.preprocess.fit_3dmm import OUTER_EYE_CORNERS
+from pipeline.preprocess.fit_shape import LandmarkBasis
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,17 +57,16 @@ def synthetic_track(
     yaw = np.deg2rad(max_yaw_deg) * np.sin(2 * np.pi * t / max(n_frames, 2) + rng.uniform(0, 2 * np.pi))
     pitch = np.deg2rad(8.0) * np.sin(0.05 * t + rng.uniform(0, 6))
     roll = np.deg2rad(5.0) * np.sin(0.03 * t + rng.uniform(0, 6))
-    eye_cm = np.linalg.norm(model.mean[model.landmarks[36]] - model.mean[model.landmarks[45]])
+    eye_cm = np.linalg.norm(np.subtract(*model.mean[model.landmarks[list(OUTER_EYE_CORNERS)]]))
     camera = np.zeros((n_frames, CAMERA_DIM))
-    camera[:, PITCH], camera[:, 1], camera[:, ROLL] = pitch, yaw, roll
+    camera[:, PITCH], camera[:, YAW], camera[:, ROLL] = pitch, yaw, roll
     camera[:, TX] = 128 + 3 * np.sin(0.02 * t)
     camera[:, TY] = 128 + 3 * np.cos(0.02 * t)
     camera[:, SCALE] = iod_px / eye_cm * (1 + 0.05 * np.sin(0.01 * t))
     basis = LandmarkBasis.from_model(model)
     candidates = basis.candidate_points(identity, expression)
     choice = basis.choose(candidates, camera)
-    points = candidates[t[:, None], np.arange(N_LANDMARKS)[None], choice]
-    clean = project_points(points, camera)
+    clean = project_xy_numpy(basis.chosen_points(candidates, choice), camera)
     landmarks = clean + noise_px * rng.standard_normal(clean.shape)
     weights = np.ones((n_frames, N_LANDMARKS))
     for i in range(n_frames):

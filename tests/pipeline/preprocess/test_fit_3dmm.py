@@ -1,121 +1,18 @@
-"""Per-video 3DMM fit (Eq. 2): linearisation, cameras, both shape solvers, recovery, bounds, bad inputs."""
+"""Per-video 3DMM fit (Eq. 2): recovery, contour, smoothing, convergence, bounds, bad inputs.
+
+The camera step and the shape step have their own tests (test_fit_camera.py, test_fit_shape.py).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from model.face3d.camera import PITCH, ROLL, SCALE, YAW, project_numpy
+from model.face3d.camera import PITCH, ROLL, SCALE, YAW, project_xy_numpy
 from pipeline.errors import FitDiverged, TooShort
 from pipeline.preprocess import fit_3dmm as F
-from pipeline.preprocess.fit_reference_lsq import fit_shape_bounded_lsq, stacked_system
-from pipeline.preprocess.fit_structured import fit_shape_admm_structured
+from pipeline.preprocess.fit_shape import LandmarkBasis, identity_asymmetry_gram, second_difference
 from pipeline.preprocess.synthetic_landmarks import synthetic_track
-
-
-def _problem_at_truth(model, track, config=None, identity_bound_std=3.0):
-    """The shape problem of a synthetic track with its true cameras and contour choice."""
-    config = config or F.FitConfig()
-    basis = F.LandmarkBasis.from_model(model)
-    choice = basis.choose(basis.candidate_points(track.identity, track.expression), track.camera)
-    iod = F.interocular_px(track.landmarks_px, track.weights)
-    id_bounds = np.tile([-identity_bound_std, identity_bound_std], (model.n_identity, 1))
-    asymmetry = config.w_asymmetry * F.identity_asymmetry_gram(model) if config.w_asymmetry > 0 else None
-    return F.build_shape_problem(
-        basis,
-        choice,
-        track.camera,
-        track.landmarks_px,
-        track.weights,
-        iod,
-        config,
-        id_bounds,
-        model.expression_bounds.astype(np.float64),
-        asymmetry,
-    )
-
-
-def test_shape_problem_is_the_exact_projection(ict_model):
-    track = synthetic_track(ict_model, 5, seed=3)
-    problem = _problem_at_truth(ict_model, track)
-    # At the true parameters the weighted residual is (clean - observed) landmarks times sqrt(weight).
-    residual = problem.residual(track.identity, track.expression).reshape(5, 68, 2)
-    scale = np.sqrt(track.weights / (5 * F.interocular_px(track.landmarks_px, track.weights) ** 2))
-    np.testing.assert_allclose(residual, (track.clean_px - track.landmarks_px) * scale[..., None], atol=1e-12)
-    # The clean landmarks agree with model.face3d.camera.project on the chosen vertices.
-    verts = np.stack([ict_model.vertices(track.identity, e) for e in track.expression])
-    ids = F.LandmarkBasis.from_model(ict_model).vertex_ids(
-        F.LandmarkBasis.from_model(ict_model).choose(
-            F.LandmarkBasis.from_model(ict_model).candidate_points(track.identity, track.expression),
-            track.camera,
-        )
-    )
-    projected = project_numpy(np.take_along_axis(verts, ids[..., None], 1), track.camera)[..., :2]
-    np.testing.assert_allclose(projected, track.clean_px, atol=1e-3)
-    # Energy terms equal the stacked least-squares system's squared norm.
-    matrix, rhs = stacked_system(problem)
-    x = np.concatenate([track.identity, track.expression.reshape(-1)])
-    assert problem.energy(track.identity, track.expression) == pytest.approx(np.sum((matrix @ x - rhs) ** 2))
-
-
-def test_identity_gram_from_landmark_blocks_equals_the_jacobian_product(ict_model):
-    # A turned head (some jaw landmarks on their silhouette substitutes) with uneven weights.
-    track = synthetic_track(ict_model, 12, seed=5, max_yaw_deg=40.0)
-    problem = _problem_at_truth(ict_model, track)
-    basis = F.LandmarkBasis.from_model(ict_model)
-    choice = basis.choose(basis.candidate_points(track.identity, track.expression), track.camera)
-    assert choice.any()  # the substitute rows are exercised
-    a = problem.jac_identity
-    np.testing.assert_allclose(problem.identity_gram, np.einsum("tri,trj->ij", a, a), rtol=1e-10, atol=1e-14)
-
-
-def test_camera_estimate_recovers_pose_of_turned_heads(ict_model):
-    track = synthetic_track(ict_model, 12, seed=4, max_yaw_deg=45, noise_px=0.0, occluded_per_frame=0)
-    points = np.repeat(ict_model.mean[ict_model.landmarks][None].astype(np.float64), 12, 0)
-    clean = F.project_points(points, track.camera)
-    weights = np.ones((12, 68))
-    initial = F.estimate_camera_affine(points, clean, weights)
-    refined = F.refine_camera_gauss_newton(initial, points, clean, weights, steps=5)
-    assert np.max(np.abs(track.camera[:, YAW])) > np.deg2rad(40)
-    np.testing.assert_allclose(refined[:, PITCH : ROLL + 1], track.camera[:, PITCH : ROLL + 1], atol=1e-6)
-    np.testing.assert_allclose(refined[:, SCALE], track.camera[:, SCALE], rtol=1e-6)
-    np.testing.assert_allclose(F.project_points(points, refined), clean, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("seed", "max_yaw_deg", "identity_bound_std", "w_smooth", "w_asymmetry"),
-    # The second makes identity bounds active, the third has the identity prior diagonal (no asymmetry
-    # term), the first a strong asymmetry prior.
-    [(0, 45.0, 3.0, 5e-3, 100.0), (1, 20.0, 0.3, 5e-2, 1.0), (2, 30.0, 3.0, 5e-3, 0.0)],
-)
-def test_structured_solver_matches_reference_energy(
-    ict_model, seed, max_yaw_deg, identity_bound_std, w_smooth, w_asymmetry
-):
-    track = synthetic_track(ict_model, 6, seed=seed, max_yaw_deg=max_yaw_deg, noise_px=1.0)
-    config = F.FitConfig(w_smooth=w_smooth, w_asymmetry=w_asymmetry)
-    problem = _problem_at_truth(ict_model, track, config, identity_bound_std)
-    assert (problem.identity_asymmetry is None) == (w_asymmetry == 0)
-    start_id, start_exp = np.zeros(ict_model.n_identity), np.zeros_like(track.expression)
-    ref_id, ref_exp, _ = fit_shape_bounded_lsq(problem, start_id, start_exp)
-    fast_id, fast_exp, iters, multipliers = fit_shape_admm_structured(problem, start_id, start_exp)
-    assert not start_id.any() and not start_exp.any()  # inputs untouched
-    e_ref, e_fast = problem.energy(ref_id, ref_exp), problem.energy(fast_id, fast_exp)
-    assert (e_fast - e_ref) / e_ref <= 1e-3, (e_fast, e_ref)
-    assert problem.is_feasible(ref_id, ref_exp, atol=0) and problem.is_feasible(fast_id, fast_exp, atol=0)
-    # Bounds are really active in these problems (else the test would not exercise them).
-    assert np.mean(fast_exp == 0.0) > 0.1
-    if identity_bound_std < 1:
-        assert np.any(np.abs(fast_id) == identity_bound_std)
-    assert iters < 400
-    # Warm-started with its own solution's multipliers, ADMM stops at once with the same energy; from
-    # the solution with zero multipliers it has to find the binding constraints' forces again.
-    warm_id, warm_exp, warm_iters, _ = fit_shape_admm_structured(
-        problem, fast_id, fast_exp, multipliers=multipliers
-    )
-    _, _, cold_iters, _ = fit_shape_admm_structured(problem, fast_id, fast_exp)
-    assert warm_iters < cold_iters and warm_iters <= 3, (warm_iters, cold_iters)
-    assert (problem.energy(warm_id, warm_exp) - e_ref) / e_ref <= 1e-3
-    assert problem.is_feasible(warm_id, warm_exp, atol=0)
 
 
 def test_fit_video_recovers_synthetic_track(ict_model):
@@ -142,6 +39,25 @@ def test_fit_video_recovers_synthetic_track(ict_model):
     assert result.residuals_px.shape == (40, 68, 2) and result.landmark_vertex_ids.shape == (40, 68)
 
 
+def test_converged_says_whether_more_rounds_would_still_move_the_fit(ict_model):
+    track = synthetic_track(ict_model, 40, seed=5, max_yaw_deg=45, noise_px=0.5, occluded_per_frame=3)
+    tolerance = F.FitConfig().converged_move_iod
+    full = F.fit_video(ict_model, track.landmarks_px, track.weights)
+    # A well-posed fit with the default rounds: its last round moved the model's landmarks by a small
+    # fraction of the tolerance.
+    assert full.iterations == F.FitConfig().iterations
+    assert full.converged and full.last_move_iod < 0.5 * tolerance, full.last_move_iod
+    # Cut short, the same fit is still moving: on the first round by several % of d (from the start),
+    # on the second still by more than the tolerance.
+    for rounds, moved_at_least in ((1, 10 * tolerance), (2, 1.5 * tolerance)):
+        short = F.fit_video(ict_model, track.landmarks_px, track.weights, F.FitConfig(iterations=rounds))
+        assert short.iterations == rounds and not short.converged
+        assert short.last_move_iod > moved_at_least, (rounds, short.last_move_iod)
+    # The flag is the measure against the configured tolerance.
+    loose = F.FitConfig(iterations=2, converged_move_iod=10 * tolerance)
+    assert F.fit_video(ict_model, track.landmarks_px, track.weights, loose).converged
+
+
 def test_jaw_contour_follows_the_silhouette(ict_model):
     track = synthetic_track(ict_model, 24, seed=6, max_yaw_deg=45, noise_px=0.3, occluded_per_frame=0)
     with_contour = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig())
@@ -158,12 +74,10 @@ def test_smoothness_lowers_jitter(ict_model):
     track = synthetic_track(ict_model, 40, seed=7, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
     smooth = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(w_smooth=5e-2))
     rough = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(w_smooth=0.0))
-    jitter = [np.abs(F.second_difference(r.expression)).mean() for r in (smooth, rough)]
+    jitter = [np.abs(second_difference(r.expression)).mean() for r in (smooth, rough)]
     assert jitter[0] < 0.6 * jitter[1], jitter
     # The pose part of E_sm: smoother angles, and closer to the (smooth) true ones.
-    angle_jitter = [
-        np.abs(F.second_difference(r.camera[:, PITCH : ROLL + 1])).mean() for r in (smooth, rough)
-    ]
+    angle_jitter = [np.abs(second_difference(r.camera[:, PITCH : ROLL + 1])).mean() for r in (smooth, rough)]
     assert angle_jitter[0] < 0.5 * angle_jitter[1], angle_jitter
     angle_error = [
         np.abs(r.camera[:, PITCH : ROLL + 1] - track.camera[:, PITCH : ROLL + 1]).mean()
@@ -177,7 +91,7 @@ def test_pose_smoothing_is_optional(ict_model):
     track = synthetic_track(ict_model, 20, seed=10, max_yaw_deg=20, noise_px=1.5, occluded_per_frame=0)
     per_frame = F.fit_video(ict_model, track.landmarks_px, config=F.FitConfig(pose_smooth_scale=0.0))
     joint = F.fit_video(ict_model, track.landmarks_px)
-    jitter = [np.abs(F.second_difference(r.camera[:, [PITCH, YAW, ROLL]])).mean() for r in (joint, per_frame)]
+    jitter = [np.abs(second_difference(r.camera[:, [PITCH, YAW, ROLL]])).mean() for r in (joint, per_frame)]
     assert jitter[0] < 0.7 * jitter[1], jitter
     # Smoothing the pose costs little landmark accuracy.
     errors = [r.mean_error_iod().mean() for r in (joint, per_frame)]
@@ -191,6 +105,8 @@ def test_fit_video_bad_inputs(ict_model):
         F.fit_video(ict_model, np.zeros((3, 5, 2)))
     with pytest.raises(FitDiverged):
         F.fit_video(ict_model, np.full((4, 68, 2), np.nan))
+    with pytest.raises(ValueError, match="iterations must be at least 1"):
+        F.fit_video(ict_model, np.zeros((3, 68, 2)), config=F.FitConfig(iterations=0))
     with pytest.raises(ValueError, match="unknown solver"):
         F.solve_shape(None, None, None, "newton")  # type: ignore[arg-type]
 
@@ -235,41 +151,20 @@ def test_fit_video_single_image_and_two_frames(ict_model, n_frames):
     assert result.mean_error_iod(track.weights).mean() < 0.03
 
 
-def test_asymmetry_gram_is_a_mirror_invariant_seminorm(ict_model):
-    gram = F.identity_asymmetry_gram(ict_model)
-    assert gram.shape == (ict_model.n_identity,) * 2 and not gram.flags.writeable
-    np.testing.assert_allclose(gram, gram.T, atol=1e-12)
-    eigenvalues = np.linalg.eigvalsh(gram)
-    assert eigenvalues.min() > -1e-12
-    # Direct evaluation on a random identity: mean squared antisymmetric displacement of the surface,
-    # the mirror partner of each vertex found by brute force on a sample of vertices.
-    identity = np.random.default_rng(0).standard_normal(ict_model.n_identity)
-    surface = ict_model.mean[: ict_model.surface_vertex_count].astype(np.float64)
-    offset = np.einsum("nvd,n->vd", ict_model.identity_basis[:, : len(surface)].astype(np.float64), identity)
-    sample = np.random.default_rng(1).choice(len(surface), 400, replace=False)
-    reflected = surface[sample] * [-1.0, 1.0, 1.0]
-    partner = np.argmin(((reflected[:, None] - surface[None]) ** 2).sum(-1), axis=1)
-    anti = 0.5 * (offset[sample] - offset[partner] * [-1.0, 1.0, 1.0])
-    direct = np.mean(np.sum(anti**2, -1))
-    assert identity @ gram @ identity == pytest.approx(direct, rel=0.25)  # 400 of ~11k vertices
-    # The prior only acts on part of identity space: most directions are nearly symmetric.
-    assert eigenvalues[-1] > 100 * np.median(eigenvalues)
-
-
 def test_asymmetry_prior_keeps_oppositely_turned_halves_together(ict_model):
     # A detector biased towards its frontal mean shape: every landmark of a turned head is pulled a
     # quarter of the way to where it would be at zero yaw. The first half turns left, the second right.
     track = synthetic_track(ict_model, 40, seed=14, max_yaw_deg=25, noise_px=0.3, occluded_per_frame=0)
     yaw = track.camera[:, YAW]
     assert yaw[:20].max() <= 0 <= yaw[20:].min() + np.deg2rad(1)
-    basis = F.LandmarkBasis.from_model(ict_model)
+    basis = LandmarkBasis.from_model(ict_model)
     candidates = basis.candidate_points(track.identity, track.expression)
     choice = basis.choose(candidates, track.camera)
-    points = candidates[np.arange(40)[:, None], np.arange(68)[None], choice]
+    points = basis.chosen_points(candidates, choice)
     frontal = track.camera.copy()
     frontal[:, YAW] = 0.0
-    biased = track.landmarks_px + 0.25 * (F.project_points(points, frontal) - track.clean_px)
-    gram = F.identity_asymmetry_gram(ict_model)
+    biased = track.landmarks_px + 0.25 * (project_xy_numpy(points, frontal) - track.clean_px)
+    gram = identity_asymmetry_gram(ict_model)
     distance, asymmetry, errors = [], [], []
     for w_asymmetry in (0.0, 1.0):
         config = F.FitConfig(w_asymmetry=w_asymmetry)
