@@ -71,9 +71,9 @@ def mask_iou(output: Path) -> float | None:
     shards = list((output / schema.SHARDS_DIR).glob(f"{GREEN_SCREEN}-*.parquet"))
     if not shards:
         return None
-    frame = pq.read_table(shards[0], columns=["rgb", "mask"]).to_pandas()
-    crops = np.stack([schema.decode_image(b) for b in frame["rgb"]])
-    masks = np.stack([schema.decode_image(b) > 127 for b in frame["mask"]])
+    frame = pq.read_table(shards[0], columns=[schema.RGB, schema.MASK]).to_pandas()
+    crops = np.stack([schema.decode_image(b) for b in frame[schema.RGB]])
+    masks = np.stack([schema.decode_image(b) > 127 for b in frame[schema.MASK]])
     truth, valid = chroma_key_ground_truth(crops)
     return float(np.mean([iou(m, t, valid) for m, t in zip(masks, truth)]))
 
@@ -119,7 +119,7 @@ def _worker_video(task: tuple[VideoSource, str]) -> int:
     source, output = task
     w = _WORKER
     records = process_video(source, w["cfg"], output, "processes", w["model"], w["renderer"])
-    return sum(r["kept_frames"] for r in records)
+    return sum(r.kept_frames for r in records)
 
 
 def processes_fps(cfg: PreprocessConfig, sources: list[VideoSource], output: str, processes: int) -> float:
@@ -181,7 +181,7 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
     sequential_frames = 0
     for source in discover_videos(str(manifest)):
         records = process_video(source, cfg.preprocess, str(work / "sequential"), "baseline", model, renderer)
-        sequential_frames += sum(r["kept_frames"] for r in records)
+        sequential_frames += sum(r.kept_frames for r in records)
     sequential_fps = sequential_frames / (time.perf_counter() - start)
     sequential_cpu_fps = sequential_frames / (time.process_time() - start_cpu)
 
@@ -199,7 +199,7 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
         if ray_cfg.stages == "fused"
         else min(ray_cfg.landmark_actors or cores, videos) + min(ray_cfg.render_actors or cores, videos)
     )
-    inside_stages = sum(summary["stage_seconds"].values())
+    inside_stages = sum(summary["stage_wall_s"].values())
     cluster_summary, cluster_wall_s = running_cluster_run(cfg, str(manifest), str(work / "out_cluster"))
     return {
         "benchmark": "preprocess",
@@ -211,14 +211,14 @@ def run(clips: list[Path], work: Path, max_frames: int | None, overrides: list[s
         "frames_per_s": round(ray_fps, 2),
         "sequential_frames_per_s": round(sequential_fps, 2),
         "sequential_frames_per_cpu_s": round(sequential_cpu_fps, 2),
-        "stage_seconds": summary["stage_seconds"],
+        "stage_seconds": summary["stage_wall_s"],
         "stage_frames_per_s": {
-            k: round(summary["frames_this_run"] / v, 1) for k, v in summary["stage_seconds"].items() if v
+            k: round(summary["frames_this_run"] / v, 1) for k, v in summary["stage_wall_s"].items() if v
         },
-        "stage_cpu_seconds": summary["stage_cpu_seconds"],
+        "stage_cpu_seconds": summary["stage_cpu_s"],
         "stage_ms_per_frame_cpu": {
             k: round(1000 * v / summary["frames_this_run"], 2)
-            for k, v in summary["stage_cpu_seconds"].items()
+            for k, v in summary["stage_cpu_s"].items()
         },
         "processes_frames_per_s": round(pool_fps, 2),
         "ray_overhead_share": round(1.0 - ray_fps / (cores * sequential_fps), 3),

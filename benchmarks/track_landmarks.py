@@ -4,16 +4,17 @@
     python -m benchmarks.track_landmarks --dump /tmp/h2h_landmarks
 
 Throughput (frames/s, one torch thread unless --threads): decoding, MTCNN detection (per detection
-frame, on the downscaled frame), tracking (detection + linking, per kept frame), cropping, landmarks per
-available backend (dlib always; FAN when its weights are present locally, else FAN's speed alone with
-random weights), and end to end.
+frame, on the downscaled frame), the preprocessing job's one-pass decode + track + crop
+(``track_and_crop``, per kept frame), cropping alone, landmarks per available backend (dlib always; FAN
+when its weights are present locally, else FAN's speed alone with random weights), and end to end
+(``landmarks_for_video``).
 
-``--dump DIR`` runs decode -> track -> crop -> landmarks (``--backend``, dlib by default) on every
-frame of every clip and writes ``DIR/<clip_stem>.npz`` with ``landmarks_px (T, 68, 2) float32`` (crop
-pixels), ``frame_index (T,) int64``, ``crop_size`` (int), ``fps`` (float), the crop transform
-(``crop_center_px (T, 2)``, ``crop_side_px (T,)`` frame pixels; see pipeline/preprocess/face_track.py) and
-``frame_hw``; rejected clips are listed with their reason in ``DIR/summary.json``; ``DIR/DONE`` is
-written last.
+``--dump DIR`` runs ``landmarks_for_video`` (the job's decode -> track -> crop -> landmarks path;
+``--backend``, dlib by default) on every frame of every clip and writes ``DIR/<clip_stem>.npz`` with
+``landmarks_px (T, 68, 2) float32`` (crop pixels), ``frame_index (T,) int64``, ``crop_size`` (int),
+``fps`` (float), the crop transform (``crop_center_px (T, 2)``, ``crop_side_px (T,)`` frame pixels; see
+pipeline/preprocess/face_crop.py) and ``frame_hw``; rejected clips are listed with their reason in
+``DIR/summary.json``; ``DIR/DONE`` is written last.
 """
 
 from __future__ import annotations
@@ -31,13 +32,8 @@ import torch
 
 from pipeline.errors import VideoRejected
 from pipeline.preprocess.decode import DecodeConfig, iter_frames
-from pipeline.preprocess.face_track import (
-    FaceTrackConfig,
-    crop_faces,
-    detect_faces,
-    detection_frames,
-    track_video,
-)
+from pipeline.preprocess.face_crop import crop_faces
+from pipeline.preprocess.face_track import FaceTrackConfig, detect_faces, detection_frames, track_and_crop
 from pipeline.preprocess.landmarks import (
     LandmarkConfig,
     detect_landmarks,
@@ -88,7 +84,7 @@ def measure(videos: list[Path], frames_per_clip: int, device: str = "cpu") -> di
     """Throughput of each step on the first ``frames_per_clip`` frames of each video."""
     decode_config = DecodeConfig(max_frames=frames_per_clip, min_frames=1)
     track_config = FaceTrackConfig()
-    totals = {k: 0.0 for k in ("decode", "detect", "track", "crop", "dlib", "fan", "end_to_end")}
+    totals = {k: 0.0 for k in ("decode", "detect", "track_and_crop", "crop", "dlib", "fan", "end_to_end")}
     counts = {k: 0 for k in totals}
     have_fan = True
     try:
@@ -112,10 +108,12 @@ def measure(videos: list[Path], frames_per_clip: int, device: str = "cpu") -> di
         frames = np.concatenate([c[1] for c in chunks])
         detect_at = detection_frames(frame_index, track_config.detect_every)
         timed("detect", len(detect_at), detect_faces, frames[np.searchsorted(frame_index, detect_at)])
-        track = timed("track", len(frame_index), track_video, path, decode_config, track_config)
+        track, crops = timed(
+            "track_and_crop", len(frame_index), track_and_crop, path, decode_config, track_config
+        )
         rows = np.arange(len(track))
-        crops = timed("crop", len(rows), crop_faces, frames, rows, track)
-        boxes = track.face_box_crop_px()
+        timed("crop", len(rows), crop_faces, frames, rows, track)
+        boxes = track.face_box_crop_px().astype(np.float32)  # as the job passes them
         timed("dlib", len(rows), detect_landmarks, crops, boxes, LandmarkConfig(backend="dlib"))
         if have_fan:
             timed(
@@ -130,7 +128,7 @@ def measure(videos: list[Path], frames_per_clip: int, device: str = "cpu") -> di
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
         "load_average_1min": round(os.getloadavg()[0], 2),  # other processes share these cores
-        "sparse_read_note": "track_fps includes decoding the detection frames",
+        "note": "track_and_crop_fps includes decoding every frame; crop_fps is cropping alone",
         **fps,
     }
     if not have_fan:

@@ -5,8 +5,8 @@ config dataclass. ``load_config`` turns a YAML file plus ``--set a.b=value`` ove
 dataclass, rejecting unknown keys (named with their full dotted path) and values of the wrong type.
 ``save_config`` writes the resolved config next to a job's outputs, and ``config_hash`` identifies it.
 
-Values in overrides are parsed as YAML scalars (``--set train.lr=1e-4``, ``--set fit.solver=fast``,
-``--set crop.size=[256,256]``).
+Values in overrides are parsed as YAML scalars (``--set train.optim.lr_g=1e-4``,
+``--set preprocess.fit.solver=reference_lsq``, ``--set preprocess.render.image_size=[256,256]``).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Applies one ``a.b.c=value`` override to a nested dict in place (value parsed as YAML)."""
     if "=" not in assignment:
-        raise ConfigError(f"override '{assignment}': expected KEY=VALUE, e.g. train.lr=1e-4")
+        raise ConfigError(f"override '{assignment}': expected KEY=VALUE such as section.key=value")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
     node = data
@@ -183,8 +183,15 @@ def config_hash(cfg: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """Adds ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--dry-run`` to a job's parser."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_cls: type, example: str, default_config: str | None = None
+) -> None:
+    """Adds ``--config``, ``--set KEY=VALUE`` (repeatable) and ``--dry-run`` to a job's parser.
+
+    ``example`` (a ``KEY=VALUE`` of ``config_cls``) is shown in ``--help``; it is checked here, so a help
+    text cannot show an override that the job rejects.
+    """
+    load_config(config_cls, None, [example])
     parser.add_argument("--config", default=default_config, help="YAML config (path or URI)")
     parser.add_argument(
         "--set",
@@ -192,11 +199,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value, e.g. --set fit.w_smooth=2.0 (repeatable)",
+        help=f"override one config value, e.g. --set {example} (repeatable)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and the plan, then exit"
     )
+
+
+def parse_job_args(
+    parser: argparse.ArgumentParser, config_cls: type[T], argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, T]:
+    """Parses a job's command line and loads its config. A bad config file, key or value ends the
+    process with one line naming it and exit status 2, as argparse does for bad arguments."""
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides)
+    except (ConfigError, FileNotFoundError, yaml.YAMLError) as err:
+        message = " ".join(str(err).split())
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+    return args, cfg
 
 
 __all__ = [
@@ -207,6 +228,7 @@ __all__ = [
     "config_yaml",
     "from_dict",
     "load_config",
+    "parse_job_args",
     "save_config",
     "to_dict",
 ]

@@ -10,85 +10,24 @@ the resolved ``config.yaml`` under ``--output`` (a local path or URI).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-from dataclasses import dataclass, field
-
-import cv2
-import numpy as np
 
 from infra import storage
-from infra.config import add_config_arguments, config_yaml, load_config, save_config
-from model.face3d.camera import make_camera, project_numpy
-from model.face3d.loader import MorphableModelConfig, load_morphable_model
-from model.face3d.morphable_model import save_morphable_model
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    model: MorphableModelConfig = field(default_factory=MorphableModelConfig)
-    preview_size_px: int = 512
-
-
-def draw_landmarks_preview(model, size_px: int) -> np.ndarray:
-    """Front and side (yaw 60 degrees) views of the mean surface as points, landmarks in red.
-
-    Returns an image (size_px, 2 * size_px, 3) uint8 RGB.
-    """
-    surface = model.mean[: model.surface_vertex_count]
-    extent = np.ptp(surface[:, :2], axis=0).max()
-    panels = []
-    for yaw in (0.0, np.deg2rad(60.0)):
-        camera = make_camera(yaw=yaw, tx=size_px / 2, ty=size_px / 2, scale=0.9 * size_px / extent)
-        centred = surface - surface.mean(axis=0)
-        verts_px = project_numpy(centred, camera)
-        panel = np.full((size_px, size_px, 3), 255, np.uint8)
-        order = np.argsort(verts_px[:, 2])  # far points first so near ones paint over them
-        for x, y, depth in verts_px[order]:
-            shade = int(np.clip(90 + 120 * (depth - verts_px[:, 2].min()) / np.ptp(verts_px[:, 2]), 0, 255))
-            cv2.circle(panel, (int(round(x)), int(round(y))), 1, (shade, shade, shade), -1)
-        for x, y, _ in verts_px[model.landmarks]:
-            cv2.circle(panel, (int(round(x)), int(round(y))), 3, (220, 30, 30), -1)
-        panels.append(panel)
-    return np.concatenate(panels, axis=1)
-
-
-def run(cfg: ConvertConfig, output: str) -> dict:
-    model = load_morphable_model(cfg.model.path)
-    buffer = io.BytesIO()
-    save_morphable_model(model, buffer)
-    storage.write_bytes(storage.join(output, "model.npz"), buffer.getvalue())
-    preview = draw_landmarks_preview(model, cfg.preview_size_px)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
-    assert ok
-    storage.write_bytes(storage.join(output, "landmarks.png"), png.tobytes())
-    summary = {
-        "name": model.name,
-        "units": model.units,
-        "vertices": model.n_vertices,
-        "surface_vertices": model.surface_vertex_count,
-        "surface_triangles": int(model.faces.shape[0]),
-        "identity_modes": model.n_identity,
-        "expressions": model.n_expression,
-        "landmarks": int(model.landmarks.shape[0]),
-    }
-    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
-    save_config(cfg, storage.join(output, "config.yaml"))
-    return summary
+from infra.config import add_config_arguments, config_yaml, parse_job_args
+from pipeline.preprocess.convert_3dmm import ConvertConfig, convert_3dmm
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.convert_3dmm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="output folder (local path, file:// or s3:// URI)")
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(ConvertConfig, args.config, args.overrides)
+    add_config_arguments(parser, ConvertConfig, "preview_size_px=256")
+    args, cfg = parse_job_args(parser, ConvertConfig, argv)
     if args.dry_run:
         print(config_yaml(cfg))
         print(f"would write model.npz, summary.json, landmarks.png to {storage.redact(args.output)}")
         return 0
-    summary = run(cfg, args.output)
+    summary = convert_3dmm(cfg, args.output)
     print(json.dumps(summary))
     print(f"wrote {storage.redact(storage.join(args.output, 'model.npz'))} and landmarks.png")
     return 0

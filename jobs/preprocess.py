@@ -20,7 +20,7 @@ import json
 import sys
 
 from infra import storage
-from infra.config import add_config_arguments, config_yaml, load_config
+from infra.config import add_config_arguments, config_yaml, parse_job_args
 from pipeline.preprocess.ray_preprocess import PreprocessJobConfig, plan, resolve_model, run_preprocess
 
 
@@ -30,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         "--input", required=True, help="folder/prefix of videos or a .csv/.parquet manifest (URI)"
     )
     parser.add_argument("--output", required=True, help="output folder (local path, file:// or s3:// URI)")
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(PreprocessJobConfig, args.config, args.overrides)
+    add_config_arguments(parser, PreprocessJobConfig, "preprocess.fit.w_smooth=0.01")
+    args, cfg = parse_job_args(parser, PreprocessJobConfig, argv)
     try:
         if args.dry_run:
             cfg = resolve_model(cfg)

@@ -40,7 +40,8 @@ class FaceTooSmall(VideoRejected):
 
 
 class TrackLost(VideoRejected):
-    """The face track jumps between frames (a cut, another person) or is lost for too long."""
+    """The face track jumps between frames (a cut, another person) or is lost for too long, where one
+    track is wanted (reconstruction); the preprocessing job cuts such a track into parts instead."""
 
     reason = "track_jump"
 

@@ -1,54 +1,43 @@
-"""The preprocessing output: layout under the output URI, shard and per-video schemas, encodings.
+"""The preprocessing output's one definition: layout under the output URI, frame and per-video columns.
 
-Layout (``OUT`` is the job's ``--output`` URI):
+Layout (``OUT`` is the job's ``--output`` URI; docs/preprocessing.md explains it for readers, and a test
+keeps that page in step with this module):
 
-    OUT/config.yaml                  resolved config of the last run
-    OUT/summary.json                 run summary (videos ok / failed by reason, frames, frames/s)
-    OUT/videos.parquet               per-video table (one row per video or segment, ok or failed)
-    OUT/shards/<video_id>.parquet    frame shard of one video or segment (one row per kept frame, in order)
-    OUT/records/<video_id>.json      per-video record; written last, it marks the video as done
+    OUT/config.yaml                    resolved config of the last run
+    OUT/summary.json                   run summary (units ok / failed by reason, frames, frames/s)
+    OUT/videos.parquet                 per-unit table: one ``VideoRecord`` per unit, ok or failed
+    OUT/shards/<video_id>.parquet      frame shard of one unit (one row per kept frame, in order)
+    OUT/records/<video_id>.json        the unit's ``VideoRecord``; written last, it marks the unit done
     OUT/contact_sheets/<video_id>.png  crop + landmarks | NMFC | mask | flow, a few frames
 
-Long videos: a video with more kept frames than ``decode.segment_frames`` (900 by default) is split into
-consecutive segments of near-equal length, each processed as its own unit (its own 3DMM fit, shard and
-record) with ``video_id = <video id>_segNNN`` (NNN from 000); ``source_video_id``, ``segment`` and
-``segments`` in the per-video table tie the segments to their video, and ``frame_index`` stays the
-index in the source video. This bounds a worker's memory whatever the video's length; the price is that
-identity coefficients are fitted per segment (``identity_coefficients`` per row of the table). A rerun
-counts a video as done only when all its segments have records.
+Units: a video's kept frames are cut into consecutive segments of at most ``decode.segment_frames``
+frames (memory stays bounded whatever the video's length), and a segment's face track is cut where it
+jumps (a cut, another person) or the face is lost for long into track parts (the frames between two parts
+are a failed part of their own, so the parts cover the segment once). Each (segment, part) is a unit with
+its own 3DMM fit, shard and record, ``video_id = <source video id>[_segNNN][_partNN]`` (suffixes only
+where a video has several); ``frame_index`` stays the index in the source video, so a clip sampled inside
+one unit never spans a jump or a segment border. A rerun counts a video as done when every part of every
+segment has a record.
 
-Why one shard per video with one row per frame: training samples K consecutive frames of one video, which
-is then a contiguous row range of one file (row groups of ``ROW_GROUP_FRAMES`` frames keep such reads
-small), and per-clip rows would store every frame K times over. A shard is written in one atomic put
-(S3) or rename (local), so readers never see a partial shard; its record is written after it, so a rerun
-redoes exactly the videos without a record for the current config hash, overwriting any shard a crash
-left behind (same name, same content): no duplicate rows.
+Why one shard per unit with one row per frame: training samples T consecutive frames of one unit, a
+contiguous row range of one file (row groups of ``ROW_GROUP_FRAMES`` frames keep such reads small);
+per-clip rows would store every frame T times over. A shard is written in one atomic put (S3) or rename
+(local), so readers never see a partial shard; its record is written after it, so a rerun redoes exactly
+the units without a record for the current config hash, overwriting any shard a crash left behind (same
+name, same content): no duplicate rows.
 
-Frame shard columns (``FRAME_SCHEMA``); images decode with ``decode_image``, flow with ``decode_flow``:
-
-| column          | type                        | meaning                                                   |
-|-----------------|-----------------------------|-----------------------------------------------------------|
-| identity        | string                      | identity label (manifest, or the file stem)              |
-| video_id        | string                      | stable id of the video (or segment, ``_segNNN``)         |
-| frame_index     | int32                       | index of the frame in the source video                   |
-| rgb             | binary                      | face crop, JPEG or PNG (config ``rgb_format``), S x S x 3 |
-| nmfc            | binary                      | NMFC image (Eq. 3), PNG, lossless 8-bit RGB               |
-| mask            | binary                      | foreground mask, PNG, 0/255 grey                          |
-| flow            | binary                      | flow to the next frame, float16 (S, S, 2) little-endian   |
-| landmarks_px    | fixed_size_list<float32>[136] | 68 (x, y), crop pixels (model/face3d/camera.py)  |
-| expression      | list<float32>               | 3DMM expression coefficients of the frame (N_exp)        |
-| camera          | fixed_size_list<float32>[7] | (pitch, yaw, roll, tx, ty, tz, scale), crop pixels        |
-| mouth_box_px    | fixed_size_list<int32>[4]   | mouth crop (x0, y0, x1, y1) for the mouth discriminator   |
-
-Per-video table columns: see ``VIDEO_SCHEMA``.
+Frame images decode with ``decode_image``, flow with ``decode_flow``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -62,29 +51,46 @@ VIDEOS_TABLE = "videos.parquet"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 
+# Columns of an input manifest (CSV or Parquet): the video's path or URI, and an optional identity.
+MANIFEST_PATH = "path"
+MANIFEST_IDENTITY = "identity"
+
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
+# Frame shard columns (one row per kept frame; S = crop size).
+IDENTITY = "identity"  # string: identity label (manifest, or the file stem)
+VIDEO_ID = "video_id"  # string: the unit's id (see the module docstring)
+FRAME_INDEX = "frame_index"  # int32: index of the frame in the source video
+RGB = "rgb"  # binary: face crop, JPEG or PNG (config output.rgb_format), S x S x 3
+NMFC = "nmfc"  # binary: NMFC image (Eq. 3), lossless 8-bit RGB PNG
+MASK = "mask"  # binary: foreground mask, PNG, 0/255 grey
+FLOW = "flow"  # binary: flow to the next frame, float16 (S, S, 2) little-endian (zeros for the last)
+LANDMARKS_PX = "landmarks_px"  # 68 (x, y) landmarks in crop pixels (model/face3d/camera.py)
+EXPRESSION = "expression"  # 3DMM expression coefficients of the frame (N_exp,)
+CAMERA = "camera"  # (pitch, yaw, roll, tx, ty, tz, scale), crop pixels (model/face3d/camera.py)
+MOUTH_BOX_PX = "mouth_box_px"  # mouth crop (x0, y0, x1, y1) for the mouth discriminator
+
 FRAME_SCHEMA = pa.schema(
     [
-        ("identity", pa.string()),
-        ("video_id", pa.string()),
-        ("frame_index", pa.int32()),
-        ("rgb", pa.binary()),
-        ("nmfc", pa.binary()),
-        ("mask", pa.binary()),
-        ("flow", pa.binary()),
-        ("landmarks_px", pa.list_(pa.float32(), 136)),
-        ("expression", pa.list_(pa.float32())),
-        ("camera", pa.list_(pa.float32(), 7)),
-        ("mouth_box_px", pa.list_(pa.int32(), 4)),
+        (IDENTITY, pa.string()),
+        (VIDEO_ID, pa.string()),
+        (FRAME_INDEX, pa.int32()),
+        (RGB, pa.binary()),
+        (NMFC, pa.binary()),
+        (MASK, pa.binary()),
+        (FLOW, pa.binary()),
+        (LANDMARKS_PX, pa.list_(pa.float32(), 136)),
+        (EXPRESSION, pa.list_(pa.float32())),
+        (CAMERA, pa.list_(pa.float32(), 7)),
+        (MOUTH_BOX_PX, pa.list_(pa.int32(), 4)),
     ]
 )
 
-# Frame columns written without Parquet compression (the rest use zstd). PNG/JPEG bytes are compressed
-# already; zstd shrank the float16 flow by only 11% (measured on a shared clip) for about 1 ms of CPU per
-# frame, a tenth of the whole write stage, so flow is stored raw (readers also skip the decompression).
-UNCOMPRESSED_COLUMNS = ("rgb", "nmfc", "mask", "flow")
+# Frame columns written without Parquet compression (the rest use zstd): PNG/JPEG bytes are compressed
+# already, and zstd shrinks float16 flow too little for its CPU cost (numbers in docs/preprocessing.md),
+# so flow is stored raw and readers skip the decompression.
+UNCOMPRESSED_COLUMNS = (RGB, NMFC, MASK, FLOW)
 
 
 def _leaf_path(field: pa.Field) -> str:
@@ -97,42 +103,96 @@ FRAME_COMPRESSION = {
     _leaf_path(field): "none" if field.name in UNCOMPRESSED_COLUMNS else "zstd" for field in FRAME_SCHEMA
 }
 
-VIDEO_SCHEMA = pa.schema(
-    [
-        ("video_id", pa.string()),  # the unit's id: the video's, or with a _segNNN suffix for segments
-        ("source_video_id", pa.string()),  # the id of the video the unit comes from
-        ("segment", pa.int32()),  # 0-based segment number within the video
-        ("segments", pa.int32()),  # segments the video was split into (1 unless it is long)
-        ("identity", pa.string()),
-        ("source", pa.string()),  # source URI (credentials redacted)
-        ("status", pa.string()),  # "ok" or "failed"
-        ("reason", pa.string()),  # short code for failures ("no_face", ...), "" when ok
-        ("message", pa.string()),  # sentence for people
-        ("frame_count", pa.int32()),  # frames in the source video
-        ("kept_frames", pa.int32()),  # rows in the shard
-        ("fps", pa.float32()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("crop_size", pa.int32()),
-        ("identity_coefficients", pa.list_(pa.float32())),  # 3DMM identity (N_id,)
-        ("landmark_error_iod", pa.float32()),  # mean fit error, fraction of inter-ocular distance
-        ("fit_converged", pa.bool_()),
-        ("config_hash", pa.string()),
-        ("shard", pa.string()),  # shard path relative to the output URI, "" when failed
-        ("seconds", pa.float32()),  # processing time of the video, all stages
-        ("stage_seconds", pa.string()),  # JSON {stage: wall-clock seconds}
-        ("stage_cpu_seconds", pa.string()),  # JSON {stage: CPU seconds}
-        ("started_at", pa.float64()),  # Unix time the unit's first stage began
-        ("finished_at", pa.float64()),  # Unix time its record was written
-    ]
-)
+
+def _column(arrow_type: pa.DataType, default: Any) -> Any:
+    """A ``VideoRecord`` field stored as ``arrow_type`` in videos.parquet."""
+    return dataclasses.field(default=default, metadata={"arrow": arrow_type})
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRecord:
+    """One unit's row of the per-video table (``videos.parquet``) and its ``records/<video_id>.json``.
+
+    Failed units have ``status = STATUS_FAILED``, a short ``reason`` (a ``pipeline.errors`` code, or
+    ``error_<stage>`` for an unexpected error, retried by the next run) and a ``message`` for people; their
+    frame outputs are empty.
+    """
+
+    video_id: str = _column(pa.string(), "")  # the unit's id
+    source_video_id: str = _column(pa.string(), "")  # the video the unit comes from
+    segment: int = _column(pa.int32(), 0)  # 0-based length segment of the video
+    segments: int = _column(pa.int32(), 1)  # segments the video was cut into (1 unless it is long)
+    track_part: int = _column(pa.int32(), 0)  # 0-based part of the segment's face track
+    track_parts: int = _column(pa.int32(), 1)  # parts of the segment's track (failed parts included)
+    first_frame_index: int = _column(pa.int32(), -1)  # first source frame of the unit (-1: none)
+    last_frame_index: int = _column(pa.int32(), -1)  # last source frame of the unit (-1: none)
+    identity: str = _column(pa.string(), "")
+    source: str = _column(pa.string(), "")  # source URI, credentials redacted
+    status: str = _column(pa.string(), STATUS_OK)
+    reason: str = _column(pa.string(), "")  # short code for failures ("no_face", ...), "" when ok
+    message: str = _column(pa.string(), "")  # a sentence for people
+    frame_count: int = _column(pa.int32(), 0)  # frames in the source video
+    kept_frames: int = _column(pa.int32(), 0)  # rows in the shard
+    fps: float = _column(pa.float32(), 0.0)
+    width: int = _column(pa.int32(), 0)
+    height: int = _column(pa.int32(), 0)
+    crop_size: int = _column(pa.int32(), 0)
+    identity_coefficients: tuple[float, ...] = _column(pa.list_(pa.float32()), ())  # 3DMM identity (N_id,)
+    landmark_error_iod: float = _column(pa.float32(), 0.0)  # mean fit error, fraction of the eye distance
+    fit_converged: bool = _column(pa.bool_(), False)
+    config_hash: str = _column(pa.string(), "")
+    shard: str = _column(pa.string(), "")  # shard path relative to the output URI, "" when failed
+    seconds: float = _column(pa.float32(), 0.0)  # processing time of the unit, all stages
+    stage_seconds: str = _column(pa.string(), "{}")  # JSON {stage: wall-clock seconds}
+    stage_cpu_seconds: str = _column(pa.string(), "{}")  # JSON {stage: CPU seconds}
+    started_at: float = _column(pa.float64(), 0.0)  # Unix time the unit's first stage began
+    finished_at: float = _column(pa.float64(), 0.0)  # Unix time its record was written
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def retried(self) -> bool:
+        """Failed by an unexpected error (not a data problem): the next run tries the unit again."""
+        return self.reason.startswith("error_")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready data (``identity_coefficients`` a list)."""
+        data = dataclasses.asdict(self)
+        data[_IDENTITY_COEFFICIENTS] = list(self.identity_coefficients)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VideoRecord:
+        """A record from a mapping holding (at least) some of its fields; other keys are ignored and
+        missing fields take their defaults (records written before a column existed still read)."""
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if data.get(f.name) is not None}
+        if _IDENTITY_COEFFICIENTS in values:
+            values[_IDENTITY_COEFFICIENTS] = tuple(
+                float(v) for v in np.asarray(values[_IDENTITY_COEFFICIENTS]).ravel()
+            )
+        return cls(**values)
+
+
+_IDENTITY_COEFFICIENTS = "identity_coefficients"
+VIDEO_SCHEMA = pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(VideoRecord)])
+
+
+def unit_id(video_id: str, segment: int, segments: int, track_part: int = 0, track_parts: int = 1) -> str:
+    """The id of a video's unit: ``<video_id>[_segNNN][_partNN]``, a suffix only where there are several."""
+    unit = video_id if segments == 1 else f"{video_id}_seg{segment:03d}"
+    return unit if track_parts == 1 else f"{unit}_part{track_part:02d}"
 
 
 # PNG written here rather than by OpenCV: every row filtered by "up" (the row above; NMFC images and masks
 # are flat regions, so most filtered bytes are 0), deflated at level 1 by ISA-L (``isal``) where it is
-# installed, else by zlib with run-length matching (OpenCV's settings before). Lossless like any PNG;
-# on this project's 2-vCPU machine a 256 px NMFC image took 0.6 ms instead of OpenCV's 2.2 ms, for 15%
-# more bytes (ISA-L's level 1 finds fewer matches than zlib's run-length mode).
+# installed, else by zlib level 1 with run-length matching (OpenCV's PNG settings). Lossless like any PNG;
+# faster to write than OpenCV's encoder for somewhat more bytes, as ISA-L's level 1 finds fewer matches
+# than zlib's run-length mode (numbers in docs/preprocessing.md).
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -227,3 +287,14 @@ def encode_flows(flow: np.ndarray) -> pa.ChunkedArray:
 def decode_flow(data: bytes, size: int) -> np.ndarray:
     """Inverse of ``encode_flows`` for one frame of a square crop of ``size`` px: (size, size, 2) float32."""
     return np.frombuffer(data, "<f2").reshape(size, size, 2).astype(np.float32)
+
+
+def video_complete(records: list[VideoRecord]) -> bool:
+    """Whether a video's unit records (any order) cover all its units: every track part of every
+    segment, as the records themselves count them (a segment's parts are known once it was tracked)."""
+    if not records:
+        return False
+    seen = {(r.segment, r.track_part) for r in records}
+    parts = {r.segment: r.track_parts for r in records}
+    segments = records[0].segments
+    return all(s in parts and all((s, p) in seen for p in range(parts[s])) for s in range(segments))

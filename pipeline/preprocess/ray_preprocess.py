@@ -91,7 +91,7 @@ def limit_threads(threads: int) -> None:
 
 class _DecodeLandmarks:
     """Stage 1 actor: decode, face track and crops, then landmarks (detector models loaded once); yields
-    one row per segment of the video."""
+    one row per unit of the video."""
 
     def __init__(self, cfg: PreprocessConfig, threads: int) -> None:
         limit_threads(threads)
@@ -99,13 +99,13 @@ class _DecodeLandmarks:
         self.cfg = cfg
 
     def __call__(self, row: dict) -> Iterator[dict]:
-        yield from chain.video_segments(row, self.cfg)
+        yield from chain.video_units(row, self.cfg)
 
 
 class _FitRenderWrite:
     """Stage 2 actor: 3DMM fit, NMFC rendering, masks, flow, the shard and the record (written last).
 
-    Returns the video's small record, so no frame data travels back to the driver.
+    Returns the unit's small record, so no frame data travels back to the driver.
     """
 
     def __init__(self, cfg: PreprocessConfig, output: str, cfg_hash: str, threads: int) -> None:
@@ -118,14 +118,13 @@ class _FitRenderWrite:
         self.cfg, self.output, self.cfg_hash = cfg, output, cfg_hash
 
     def __call__(self, row: dict) -> dict:
-        return chain.fit_render_write(
-            row, self.cfg, self.output, self.cfg_hash, self.model, self.renderer
-        )
+        done = chain.fit_render_write(row, self.cfg, self.output, self.cfg_hash, self.model, self.renderer)
+        return {chain.ROW_RECORD: done}
 
 
 class _Preprocess:
     """The ``fused`` stage's actor: a video's whole chain in one process (models loaded once); yields one
-    record per segment, so no frame data travels back to the driver."""
+    record per unit, so no frame data travels back to the driver."""
 
     def __init__(self, cfg: PreprocessConfig, output: str, cfg_hash: str, threads: int) -> None:
         self.fit_render_write = _FitRenderWrite(cfg, output, cfg_hash, threads)
@@ -133,7 +132,7 @@ class _Preprocess:
         self.cfg = cfg
 
     def __call__(self, row: dict) -> Iterator[dict]:
-        for unit in chain.video_segments(row, self.cfg):
+        for unit in chain.video_units(row, self.cfg):
             yield self.fit_render_write(unit)
 
 
@@ -174,16 +173,17 @@ def plan(
     """(all sources, sources still to do, config hash) for a run over ``input_uri``."""
     sources = discover_videos(input_uri)
     cfg_hash = config_hash(cfg.preprocess)
-    # Done: every segment ok or rejected for a data problem; unexpected errors ("error_<stage>") are
-    # retried (the whole video: its other segments are rewritten with the same names and content).
-    segments_done: dict[str, set[int]] = defaultdict(set)
-    segments_total: dict[str, int] = {}
+    # Done: every unit ok or rejected for a data problem; unexpected errors ("error_<stage>") are retried
+    # (the whole video: its other units are rewritten with the same names and content).
+    by_video: dict[str, list[schema.VideoRecord]] = defaultdict(list)
+    retry: set[str] = set()
     for r in shard_writer.read_records(output):
-        if r.get("config_hash") == cfg_hash and not r["reason"].startswith("error_"):
-            video = r.get("source_video_id") or r["video_id"]
-            segments_done[video].add(int(r.get("segment") or 0))
-            segments_total[video] = int(r.get("segments") or 1)
-    done = {video for video, got in segments_done.items() if len(got) >= segments_total[video]}
+        if r.config_hash == cfg_hash:
+            video = r.source_video_id or r.video_id
+            by_video[video].append(r)
+            if r.retried:
+                retry.add(video)
+    done = {video for video, units in by_video.items() if video not in retry and schema.video_complete(units)}
     return sources, [s for s in sources if s.video_id not in done], cfg_hash
 
 
@@ -231,16 +231,17 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
                 num_cpus=cfg.ray.threads_per_actor,
                 num_gpus=0.5 if gpu else 0,
             )
-        for k, record in enumerate(ds.iter_rows(), start=1):
-            processed.add(record["video_id"])
-            outcome = (
-                f"{record['kept_frames']} frames"
-                if record["status"] == schema.STATUS_OK
-                else record["reason"]
-            )
+        units: dict[str, list[schema.VideoRecord]] = defaultdict(list)
+        finished = 0
+        for row in ds.iter_rows():
+            unit = row[chain.ROW_RECORD]
+            processed.add(unit.video_id)
+            units[unit.source_video_id].append(unit)
+            finished += schema.video_complete(units[unit.source_video_id])
+            outcome = f"{unit.kept_frames} frames" if unit.ok else unit.reason
             log(
-                f"[{k}/{len(todo)}] {record['video_id']}: {record['status']} "
-                f"({outcome}, {record['seconds']:.1f} s)"
+                f"[{finished}/{len(todo)} videos] {unit.video_id}: {unit.status} "
+                f"({outcome}, {unit.seconds:.1f} s)"
             )
             sys.stdout.flush()
     records = shard_writer.read_records(output)

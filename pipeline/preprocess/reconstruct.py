@@ -1,27 +1,22 @@
 """3D face reconstruction of one video (paper section 3.1): decode -> track -> landmarks -> 3DMM fit.
 
-Chains part A's stages (``pipeline.preprocess.landmarks.landmarks_for_video``: decoding, MTCNN face tracking,
-square crops, 68 landmarks) with the per-video fit of Eq. (2) (``pipeline.preprocess.fit_3dmm.fit_video``) in
-crop pixel coordinates. A pure function without Ray; bad inputs raise the domain errors of
-``pipeline/errors.py`` with their reason codes (``no_face``, ``multiple_faces``, ``too_short``,
-``fit_diverged``, ...).
-
-    python -m pipeline.preprocess.reconstruct VIDEO [--set fit.w_smooth=0.01]   # prints a one-line JSON
-    summary
+Chains the preprocessing job's own stages (``pipeline.preprocess.landmarks.landmarks_for_video``: one
+decoding pass with MTCNN face tracking and square crops, then 68 landmarks) with the per-video fit of
+Eq. (2) (``pipeline.preprocess.fit_3dmm.fit_video``) in crop pixel coordinates, over the video as one face
+track. A pure function without Ray (``jobs/reconstruct.py`` is its command line); bad inputs raise the
+domain errors of ``pipeline/errors.py`` with their reason codes (``no_face``, ``multiple_faces``,
+``too_short``, ``track_jump``, ``fit_diverged``, ...).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from infra.config import add_config_arguments, load_config
-from model.face3d.loader import MorphableModelConfig, load_morphable_model
+from model.face3d.loader import MorphableModelConfig
 from model.face3d.morphable_model import MorphableModel
 from pipeline.preprocess.decode import DecodeConfig
 from pipeline.preprocess.face_track import FaceTrackConfig
@@ -70,7 +65,8 @@ def reconstruct_video(
     """Face track, landmarks and 3DMM fit of every kept frame of a video (or a still image, T = 1).
 
     Raises VideoRejected subclasses (UnreadableVideo, TooShort, NoFace, MultipleFaces, FaceTooSmall,
-    TrackLost, FitDiverged) for inputs that cannot be reconstructed.
+    TrackLost for a track cut at a jump or a long gap, FitDiverged) for inputs that cannot be
+    reconstructed.
     """
     start = time.perf_counter()
     landmarks = landmarks_for_video(path, config.decode, config.track, config.landmarks)
@@ -78,30 +74,3 @@ def reconstruct_video(
     fit = fit_video(model, np.asarray(landmarks.landmarks_px, np.float64), config=config.fit)
     done = time.perf_counter()
     return Reconstruction(landmarks, fit, {"landmarks_s": tracked - start, "fit_s": done - tracked})
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Reconstruct one video: track, landmarks, 3DMM fit.")
-    parser.add_argument("video", help="a video or image file")
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    config = load_config(ReconstructConfig, args.config, args.overrides)
-    if args.dry_run:
-        print(json.dumps(dataclasses.asdict(config)))
-        return {}
-    model = load_morphable_model(config.model.path)
-    result = reconstruct_video(args.video, model, config)
-    summary = {
-        "video": args.video,
-        "frames": int(len(result.landmarks.frame_index)),
-        "error_pct_iod": result.error_pct_iod(),
-        "identity_rms_std": float(np.sqrt(np.mean(result.fit.identity**2))),
-        "fit_converged": bool(result.fit.converged),
-        **result.seconds,
-    }
-    print(json.dumps(summary))
-    return summary
-
-
-if __name__ == "__main__":
-    main()

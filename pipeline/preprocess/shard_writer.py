@@ -34,62 +34,70 @@ def write_shard(output: str, video_id: str, columns: dict[str, list | pa.Array |
     return relative
 
 
-def write_record(output: str, record: dict) -> None:
-    """Writes a video's record (one ``schema.VIDEO_SCHEMA`` row as JSON); marks the video done."""
-    uri = storage.join(output, schema.RECORDS_DIR, f"{record['video_id']}.json")
-    storage.write_text(uri, json.dumps(record))
+def write_record(output: str, record: schema.VideoRecord) -> None:
+    """Writes a unit's record (``records/<video_id>.json``); marks the unit done."""
+    uri = storage.join(output, schema.RECORDS_DIR, f"{record.video_id}.json")
+    storage.write_text(uri, record.to_json())
 
 
-def read_records(output: str) -> list[dict]:
-    """All per-video records under ``output`` (any config hash), sorted by video id."""
+def read_records(output: str) -> list[schema.VideoRecord]:
+    """All unit records under ``output`` (any config hash), sorted by unit id."""
     uris = storage.list_files(storage.join(output, schema.RECORDS_DIR), [".json"], recursive=False)
-    return sorted((json.loads(storage.read_text(u)) for u in uris), key=lambda r: r["video_id"])
+    records = (schema.VideoRecord.from_dict(json.loads(storage.read_text(u))) for u in uris)
+    return sorted(records, key=lambda r: r.video_id)
 
 
-def write_videos_table(output: str, records: list[dict]) -> None:
-    """The per-video table (``videos.parquet``) from records, written atomically."""
-    names = schema.VIDEO_SCHEMA.names
-    table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in records], schema=schema.VIDEO_SCHEMA)
+def write_videos_table(output: str, records: list[schema.VideoRecord]) -> None:
+    """The per-unit table (``videos.parquet``) from records, written atomically."""
+    table = pa.Table.from_pylist([r.as_dict() for r in records], schema=schema.VIDEO_SCHEMA)
     with storage.atomic_writer(storage.join(output, schema.VIDEOS_TABLE)) as f:
         pq.write_table(table, f)
 
 
 def summarise(
-    records: list[dict], processed_ids: set[str], wall_s: float, run_started_at: float | None = None
+    records: list[schema.VideoRecord],
+    processed_ids: set[str],
+    wall_s: float,
+    run_started_at: float | None = None,
 ) -> dict:
-    """Run summary: videos ok / failed by reason (all records), what this run did, frames and frames/s,
-    and the summed wall-clock and CPU seconds per stage of the videos processed in this run.
+    """Run summary: videos and units ok / failed by reason (all records), what this run did, frames and
+    frames/s, and the summed wall-clock and CPU seconds per stage of the units processed in this run.
 
     With ``run_started_at`` (Unix time), also the run's start-up, ``startup_s`` (until the first unit's
     first stage began: planning, Ray and actor start), and the processing window after it,
     ``processing_s`` (until the last record was written), with ``processing_frames_per_s``.
     """
-    ok = [r for r in records if r["status"] == schema.STATUS_OK]
-    failed = [r for r in records if r["status"] != schema.STATUS_OK]
-    this_run = [r for r in records if r["video_id"] in processed_ids]
-    frames_this_run = sum(int(r.get("kept_frames") or 0) for r in this_run)
+    ok = [r for r in records if r.ok]
+    failed = [r for r in records if not r.ok]
+    this_run = [r for r in records if r.video_id in processed_ids]
+    frames_this_run = sum(r.kept_frames for r in this_run)
     stage_totals: Counter = Counter()
     stage_cpu_totals: Counter = Counter()
     for r in this_run:
-        stage_totals.update(json.loads(r.get("stage_seconds") or "{}"))
-        stage_cpu_totals.update(json.loads(r.get("stage_cpu_seconds") or "{}"))
+        stage_totals.update(json.loads(r.stage_seconds or "{}"))
+        stage_cpu_totals.update(json.loads(r.stage_cpu_seconds or "{}"))
+    videos = {r.source_video_id or r.video_id for r in records}
+    videos_ok = {r.source_video_id or r.video_id for r in ok}
     summary = {
-        "videos": len(records),
-        "videos_ok": len(ok),
-        "videos_failed": len(failed),
-        "failed_by_reason": dict(sorted(Counter(r["reason"] for r in failed).items())),
-        "frames": sum(int(r["kept_frames"] or 0) for r in ok),
+        "videos": len(videos),
+        "videos_ok": len(videos_ok),  # videos with at least one usable unit
+        "videos_failed": len(videos - videos_ok),
+        "units": len(records),
+        "units_ok": len(ok),
+        "units_failed": len(failed),
+        "failed_by_reason": dict(sorted(Counter(r.reason for r in failed).items())),
+        "frames": sum(r.kept_frames for r in ok),
         "processed_this_run": len(this_run),
         "skipped_this_run": len(records) - len(this_run),
         "frames_this_run": frames_this_run,
         "wall_s": round(wall_s, 3),
         "frames_per_s": round(frames_this_run / wall_s, 2) if wall_s > 0 else 0.0,
-        "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_totals.items())},
-        "stage_cpu_seconds": {k: round(v, 3) for k, v in sorted(stage_cpu_totals.items())},
+        "stage_wall_s": {k: round(v, 3) for k, v in sorted(stage_totals.items())},
+        "stage_cpu_s": {k: round(v, 3) for k, v in sorted(stage_cpu_totals.items())},
     }
-    started = [r["started_at"] for r in this_run if r.get("started_at")]
+    started = [r.started_at for r in this_run if r.started_at]
     if run_started_at is not None and started:
-        processing_s = max(r["finished_at"] for r in this_run) - min(started)
+        processing_s = max(r.finished_at for r in this_run) - min(started)
         summary["startup_s"] = round(min(started) - run_started_at, 3)
         summary["processing_s"] = round(processing_s, 3)
         summary["processing_frames_per_s"] = round(frames_this_run / max(processing_s, 1e-9), 2)

@@ -29,24 +29,21 @@ def test_long_video_is_processed_whole_in_segments_and_counts_as_done(tmp_path, 
     records = process_video(source, cfg.preprocess, out, config_hash(cfg.preprocess), ict_model, renderer)
 
     # 26 frames in segments of at most 12: 9 + 9 + 8, each its own unit with its own shard and fit.
-    assert [r["status"] for r in records] == ["ok"] * 3, [r["message"] for r in records]
-    assert [r["video_id"] for r in records] == [f"{source.video_id}_seg{k:03d}" for k in range(3)]
-    assert {r["source_video_id"] for r in records} == {source.video_id}
-    assert [(r["segment"], r["segments"], r["kept_frames"]) for r in records] == [
-        (0, 3, 9),
-        (1, 3, 9),
-        (2, 3, 8),
-    ]
+    assert [r.status for r in records] == ["ok"] * 3, [r.message for r in records]
+    assert [r.video_id for r in records] == [f"{source.video_id}_seg{k:03d}" for k in range(3)]
+    assert {r.source_video_id for r in records} == {source.video_id}
+    assert [(r.segment, r.segments, r.kept_frames) for r in records] == [(0, 3, 9), (1, 3, 9), (2, 3, 8)]
+    assert [(r.first_frame_index, r.last_frame_index) for r in records] == [(0, 8), (9, 17), (18, 25)]
     frame_index = []
     for r in records:
-        shard = pq.read_table(tmp_path / "out" / r["shard"]).to_pandas()
-        assert (shard["video_id"] == r["video_id"]).all() and len(r["identity_coefficients"]) > 0
-        frame_index += shard["frame_index"].tolist()
+        shard = pq.read_table(tmp_path / "out" / r.shard).to_pandas()
+        assert (shard[schema.VIDEO_ID] == r.video_id).all() and len(r.identity_coefficients) > 0
+        frame_index += shard[schema.FRAME_INDEX].tolist()
     assert frame_index == list(range(26))  # the whole video, in order, each frame once
 
     # A rerun with the same config finds the video done; one missing segment record makes it pending.
     assert plan(cfg, str(manifest), out)[1] == []
-    (tmp_path / "out" / schema.RECORDS_DIR / f"{records[1]['video_id']}.json").unlink()
+    (tmp_path / "out" / schema.RECORDS_DIR / f"{records[1].video_id}.json").unlink()
     assert plan(cfg, str(manifest), out)[1] == [source]
 
 

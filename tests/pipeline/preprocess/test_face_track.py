@@ -1,4 +1,5 @@
-"""Face tracking: linking synthetic detections, crop transforms, rejections, and MTCNN on real clips."""
+"""Face detection and the one-pass tracker on real clips: MTCNN against facenet, rejections, cuts, the
+two-pass reference, bounded memory."""
 
 from __future__ import annotations
 
@@ -7,142 +8,24 @@ import numpy as np
 import pytest
 
 from pipeline.errors import FaceTooSmall, MultipleFaces, NoFace, TooShort, TrackLost
-from pipeline.preprocess.decode import DecodeConfig, iter_frames, read_frames
+from pipeline.preprocess import face_track
+from pipeline.preprocess.decode import DecodeConfig, check_length, iter_frames, read_frames, video_info
+from pipeline.preprocess.face_crop import FaceTrack, crop_faces
 from pipeline.preprocess.face_track import (
-    Detections,
-    FaceTrackConfig,
-    crop_faces,
+    detect_faces,
     detection_frames,
     track_and_crop,
-    track_from_detections,
-    track_video,
+    track_and_crop_parts,
 )
+from pipeline.preprocess.track_parts import Detections, FaceTrackConfig, track_from_detections
 from tests.pipeline.preprocess.test_decode import write_video
-
-RAW = FaceTrackConfig(smooth_sigma_frames=0.0)
-
-
-def box(cx: float, cy: float, side: float) -> np.ndarray:
-    """A square detector box (edge coordinates) whose centre is (cx, cy) in pixel-centre coordinates."""
-    return np.array([cx + 0.5 - side / 2, cy + 0.5 - side / 2, cx + 0.5 + side / 2, cy + 0.5 + side / 2])
-
-
-def detections(frames, boxes_per_frame, prob=0.999) -> Detections:
-    boxes = tuple(np.array(b, np.float32).reshape(-1, 4) for b in boxes_per_frame)
-    return Detections(np.array(frames), boxes, tuple(np.full(len(b), prob, np.float32) for b in boxes))
+from tests.pipeline.preprocess.test_track_parts import spans
 
 
 def test_detection_frames_include_last():
     assert detection_frames(np.arange(12), 5).tolist() == [0, 5, 10, 11]
     assert detection_frames(np.arange(11), 5).tolist() == [0, 5, 10]
     assert detection_frames(np.array([0]), 5).tolist() == [0]
-
-
-def test_linear_motion_is_interpolated_exactly():
-    frame_index = np.arange(21)
-    detect_at = detection_frames(frame_index, 5)
-    dets = detections(detect_at, [box(100 + 2 * t, 80 - t, 100 + t) for t in detect_at])
-    track = track_from_detections(frame_index, dets, (240, 320), RAW)
-    np.testing.assert_allclose(
-        track.box_center_px, np.stack([100 + 2 * frame_index, 80 - frame_index], 1), atol=1e-4
-    )
-    np.testing.assert_allclose(track.box_side_px, 100 + frame_index, atol=1e-4)
-    np.testing.assert_allclose(track.crop_side_px, RAW.crop_scale * (100 + frame_index), atol=1e-3)
-    assert track.detected.tolist() == [t in detect_at for t in frame_index]
-
-
-def test_smoothing_reduces_detector_noise():
-    rng = np.random.default_rng(0)
-    frame_index = np.arange(200)
-    noisy = [box(150 + rng.normal(0, 4), 120 + rng.normal(0, 4), 100 + rng.normal(0, 3)) for _ in frame_index]
-    dets = detections(frame_index, noisy)
-    raw = track_from_detections(frame_index, dets, (240, 320), RAW)
-    smooth = track_from_detections(frame_index, dets, (240, 320), FaceTrackConfig(smooth_sigma_frames=3.0))
-    jitter = lambda t: np.abs(np.diff(t.box_center_px, 2, axis=0)).mean()  # noqa: E731
-    assert jitter(smooth) < 0.25 * jitter(raw)
-    assert np.abs(smooth.box_center_px - [150, 120]).max() < 6
-
-
-def test_crop_transforms_round_trip_and_match_the_pixels():
-    frame_index = np.arange(3)
-    dets = detections(frame_index, [box(100.0, 70.0, 60.0)] * 3)
-    config = FaceTrackConfig(smooth_sigma_frames=0.0, crop_size=64, crop_scale=2.0, min_face_px=16)
-    track = track_from_detections(frame_index, dets, (160, 200), config)
-    points = np.array([[[100.0, 70.0], [40.0, 10.0], [159.5, 129.5]]] * 3)
-    crop_points = track.frame_to_crop(points)
-    # Crop side 120 frame px -> 64 px: the box centre lands on the crop centre (31.5, 31.5).
-    np.testing.assert_allclose(crop_points[0, 0], [31.5, 31.5])
-    np.testing.assert_allclose(track.crop_to_frame(crop_points), points)
-    matrix = track.frame_to_crop_matrix()[0]
-    np.testing.assert_allclose(points[0] @ matrix[:, :2].T + matrix[:, 2], crop_points[0])
-    np.testing.assert_allclose(track.face_box_crop_px()[0], [16, 16, 48, 48])
-    # A bright blob at frame (x, y) = (112, 60) appears in the crop where frame_to_crop says.
-    frame = np.zeros((160, 200, 3), np.uint8)
-    cv2.circle(frame, (112, 60), 6, (255, 255, 255), -1)
-    crops = crop_faces(np.stack([frame] * 3), np.arange(3), track)
-    weights = crops[0, ..., 0].astype(float)
-    ys, xs = np.mgrid[:64, :64]
-    centroid = [(weights * xs).sum() / weights.sum(), (weights * ys).sum() / weights.sum()]
-    np.testing.assert_allclose(
-        centroid, track.frame_to_crop(np.array([[[112.0, 60.0]]]), [0])[0, 0], atol=0.15
-    )
-
-
-def test_large_downscale_crop_keeps_geometry():
-    """The integer pre-shrink of big frames must not shift the crop."""
-    frame_index = np.arange(1)
-    dets = detections(frame_index, [box(600.0, 400.0, 500.0)])
-    track = track_from_detections(frame_index, dets, (900, 1200), FaceTrackConfig(crop_size=64))
-    frame = np.zeros((900, 1200, 3), np.uint8)
-    cv2.circle(frame, (700, 330), 40, (255, 255, 255), -1)
-    crop = crop_faces(frame[None], np.zeros(1, int), track)[0, ..., 0].astype(float)
-    ys, xs = np.mgrid[:64, :64]
-    centroid = [(crop * xs).sum() / crop.sum(), (crop * ys).sum() / crop.sum()]
-    np.testing.assert_allclose(
-        centroid, track.frame_to_crop(np.array([[[700.0, 330.0]]]), [0])[0, 0], atol=0.3
-    )
-
-
-def test_rejections_on_synthetic_tracks():
-    frame_index = np.arange(30)
-    detect_at = detection_frames(frame_index, 5)
-    face = box(100, 100, 80)
-    with pytest.raises(NoFace, match="no face found in 7 sampled"):
-        track_from_detections(frame_index, detections(detect_at, [[]] * 7), (240, 320))
-    with pytest.raises(NoFace, match="only 3 of 7"):
-        track_from_detections(frame_index, detections(detect_at, [face] * 3 + [[]] * 4), (240, 320))
-    with pytest.raises(MultipleFaces, match="another person's face in 7 of 7"):
-        track_from_detections(frame_index, detections(detect_at, [[face, box(250, 100, 70)]] * 7), (240, 320))
-    with pytest.raises(FaceTooSmall, match="face is 40 px"):
-        track_from_detections(frame_index, detections(detect_at, [box(100, 100, 40)] * 7), (240, 320))
-    jumping = [face] * 4 + [box(220, 100, 80)] * 3
-    with pytest.raises(TrackLost, match="jumps at frame 20") as err:
-        track_from_detections(frame_index, detections(detect_at, jumping), (240, 320))
-    assert err.value.reason == "track_jump"
-    growing = [face] * 4 + [box(100, 100, 160)] * 3
-    with pytest.raises(TrackLost, match="size changed x2.00"):
-        track_from_detections(frame_index, detections(detect_at, growing), (240, 320))
-    long_index = np.arange(100)
-    long_at = detection_frames(long_index, 5)
-    gap = [face if t < 30 or t > 70 else [] for t in long_at]
-    with pytest.raises(TrackLost, match="lost for 50 frames"):
-        track_from_detections(long_index, detections(long_at, gap), (240, 320))
-
-
-def test_tolerated_imperfections():
-    frame_index = np.arange(30)
-    detect_at = detection_frames(frame_index, 5)
-    face = box(100, 100, 80)
-    # A small or unsure stray detection in one frame, and one missed detection, keep the video.
-    dets = [face, [face, box(280, 200, 20)], [], face, face, face, face]
-    track = track_from_detections(frame_index, detections(detect_at, dets), (240, 320))
-    assert len(track) == 30 and track.detected.sum() == 6
-    np.testing.assert_allclose(track.box_center_px, [[100, 100]] * 30, atol=1e-6)
-    # With two sizeable faces the track keeps the one nearest the previous position, not the largest.
-    near = [face] + [[box(260, 100, 100), box(104, 100, 80)]] * 6
-    config = FaceTrackConfig(max_other_face_fraction=1.0, smooth_sigma_frames=0.0)
-    track = track_from_detections(frame_index, detections(detect_at, near), (240, 320), config)
-    assert np.abs(track.box_center_px[:, 0] - 102).max() < 2.5
 
 
 @pytest.fixture(scope="module")
@@ -159,31 +42,32 @@ def test_photo_of_two_people_is_rejected(images, tmp_path):
     path = tmp_path / "two_people.png"
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(people, 1), cv2.COLOR_RGB2BGR))
     with pytest.raises(MultipleFaces, match="another person's face in 1 of 1") as err:
-        track_video(path)
+        track_and_crop(path)
     assert err.value.reason == "multiple_faces"
     # Each photo alone is one face.
     cv2.imwrite(str(tmp_path / "one.png"), cv2.cvtColor(people[0], cv2.COLOR_RGB2BGR))
-    assert len(track_video(tmp_path / "one.png")) == 1
+    track, crops = track_and_crop(tmp_path / "one.png")
+    assert len(track) == 1 and crops.shape == (1, 256, 256, 3)
 
 
 def test_no_face_images_are_rejected(tmp_path, shared_videos):
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), np.full((256, 256, 3), 128, np.uint8))
     with pytest.raises(NoFace, match="no face found in 1 sampled") as err:
-        track_video(grey)
+        track_and_crop_parts(grey)
     assert err.value.reason == "no_face"
     background = tmp_path / "background.png"  # the right side of a clip, beside the person
     frame = read_frames(shared_videos / "liveportrait_s18.mp4", [0])[0]
     cv2.imwrite(str(background), cv2.cvtColor(frame[:, 900:], cv2.COLOR_RGB2BGR))
     with pytest.raises(NoFace):
-        track_video(background)
+        track_and_crop(background)
 
 
 def test_two_frame_video_is_rejected(tmp_path, images):
     face = cv2.resize(images("liveportrait_d8.jpg"), (256, 256))
     path = write_video(tmp_path / "two.mp4", np.stack([face, face]))
     with pytest.raises(TooShort, match="2 frames"):
-        track_video(path)
+        track_and_crop_parts(path)
 
 
 def test_small_face_is_rejected(tmp_path, images):
@@ -193,18 +77,19 @@ def test_small_face_is_rejected(tmp_path, images):
     path = tmp_path / "small.png"
     cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     with pytest.raises(FaceTooSmall, match="at least 64 needed"):
-        track_video(path)
+        track_and_crop_parts(path)
 
 
-def test_cut_between_two_people_is_a_jump(tmp_path, images):
-    """A video that cuts from one person to another, at another place, is not one track."""
-    a = np.full((320, 320, 3), 60, np.uint8)
+def test_cut_between_two_people_is_two_parts(tmp_path, images):
+    """A video that cuts from one person to another, at another place, is not one track: two parts."""
+    a = np.full((480, 480, 3), 60, np.uint8)
     b = a.copy()
-    a[20:180, 20:180] = cv2.resize(images("liveportrait_d8.jpg"), (160, 160))
-    b[140:300, 140:300] = cv2.resize(images("deep3dfacerecon_000006.jpg"), (160, 160))
+    a[20:260, 20:260] = cv2.resize(images("liveportrait_d8.jpg"), (240, 240))  # face box ~95 px
+    b[220:460, 220:460] = cv2.resize(images("deep3dfacerecon_000006.jpg"), (240, 240))  # ~80 px
     path = write_video(tmp_path / "cut.mp4", np.stack([a] * 10 + [b] * 10))
-    with pytest.raises(TrackLost, match="jumps"):
-        track_video(path)
+    assert spans(track_and_crop_parts(path)) == [(0, 9, "ok"), (10, 19, "ok")]
+    with pytest.raises(TrackLost, match="jumps at frame 10"):
+        track_and_crop(path)
 
 
 @pytest.mark.parametrize("name", ["liveportrait_d13", "liveportrait_s18", "dpe_d"])
@@ -213,9 +98,11 @@ def test_real_clips_track(shared_videos, name):
     clips are tracked in test_landmarks.py, and in full by its slow test)."""
     decode = DecodeConfig(max_frames=30)
     config = FaceTrackConfig(detect_every=10)  # 4 MTCNN frames per clip keep the test quick
-    track = track_video(shared_videos / f"{name}.mp4", decode, config)
+    (part,) = track_and_crop_parts(shared_videos / f"{name}.mp4", decode, config)
+    track = part.track
     height, width = track.frame_hw
     assert len(track) == 30 and track.frame_index.tolist() == list(range(30))
+    assert part.crops.shape == (30, 256, 256, 3) and part.rejected is None
     assert track.detected.sum() >= 3  # 4 detection frames; one miss is tolerated
     assert np.all(track.box_side_px > 64) and np.all(track.box_side_px < max(height, width))
     assert np.all((track.box_center_px > 0) & (track.box_center_px < [width, height]))
@@ -223,17 +110,33 @@ def test_real_clips_track(shared_videos, name):
     assert step.max() < 0.05, step.max()
 
 
-def test_one_pass_track_and_crop_matches_track_then_crop(shared_videos):
-    """Cropping as frames stream by (each once its smoothed box is final) gives the two-pass result:
-    track_video, then crop_faces over iter_frames. Small chunks put many boxes at chunk edges."""
+def two_pass_reference(path, decode: DecodeConfig, config: FaceTrackConfig) -> tuple[FaceTrack, np.ndarray]:
+    """The slow, obvious tracker: decode the detection frames, run MTCNN on them (the first alone, the
+    rest in batches of ``chunk_frames``), link all detections at once, then decode every frame again and
+    crop it."""
+    info = video_info(path, decode)
+    frame_index = check_length(info, decode)
+    detect_at = detection_frames(frame_index, config.detect_every)
+    boxes, probs = detect_faces(read_frames(path, detect_at[:1], decode), config)
+    bound = face_track._smallest_face_bound(boxes[0], probs[0], config)
+    for start in range(1, len(detect_at), decode.chunk_frames):
+        frames = read_frames(path, detect_at[start : start + decode.chunk_frames], decode)
+        more_boxes, more_probs = detect_faces(frames, config, bound)
+        boxes, probs = boxes + more_boxes, probs + more_probs
+    detections = Detections(detect_at, tuple(boxes), tuple(probs))
+    track = track_from_detections(frame_index, detections, (info.height, info.width), config)
+    crops = [crop_faces(f, np.searchsorted(frame_index, c), track) for c, f in iter_frames(path, decode)]
+    return track, np.concatenate(crops)
+
+
+def test_one_pass_track_and_crop_matches_the_two_pass_reference(shared_videos):
+    """Cropping as frames stream by (each once its smoothed box is final) gives the two-pass result.
+    Small chunks put many boxes at chunk edges."""
     decode = DecodeConfig(max_frames=70, chunk_frames=16)
+    config = FaceTrackConfig()
     path = shared_videos / "sadtalker_WDA_KatieHill_000.mp4"
-    track, crops = track_and_crop(path, decode)
-    reference = track_video(path, decode)
-    expected = np.empty_like(crops)
-    for chunk, frames in iter_frames(path, decode):
-        rows = reference.rows(chunk)
-        expected[rows] = crop_faces(frames, rows, reference)
+    track, crops = track_and_crop(path, decode, config)
+    reference, expected = two_pass_reference(path, decode, config)
     # MTCNN's batches differ (per chunk vs per 16 detection frames): float noise only.
     np.testing.assert_allclose(track.crop_center_px, reference.crop_center_px, atol=1e-3)
     np.testing.assert_allclose(track.crop_side_px, reference.crop_side_px, atol=1e-3)
@@ -241,20 +144,33 @@ def test_one_pass_track_and_crop_matches_track_then_crop(shared_videos):
     assert np.abs(crops.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_one_pass_rejects_a_lost_face_like_track_video(tmp_path, images):
-    """The face gone for longer than max_gap_frames: the one-pass path (which then stops keeping frames;
-    that memory bound itself is not observed here) gives track_video's reason and message; a face that
-    is back later does not rescue the video."""
+def test_a_lost_face_cuts_the_track_and_its_frames_are_not_held(tmp_path, images, monkeypatch):
+    """The face gone for 35 frames (more than max_gap_frames): a part before, a rejected part for the
+    gap, a part after; a single track is rejected. While the face is missing for longer than
+    max_gap_frames no frame is held, and never more than a chunk plus the smoothing radius plus
+    max_gap_frames."""
     face = np.full((256, 256, 3), 60, np.uint8)
     face[48:208, 48:208] = cv2.resize(images("liveportrait_d8.jpg"), (160, 160))
     empty = np.full_like(face, 60)
     path = write_video(tmp_path / "gone.mp4", np.stack([face] * 30 + [empty] * 35 + [face] * 30))
-    decode = DecodeConfig(chunk_frames=8)
-    with pytest.raises(TrackLost, match="face lost for") as expected:
-        track_video(path, decode)
-    with pytest.raises(TrackLost, match="face lost for") as got:
-        track_and_crop(path, decode)
-    assert str(got.value) == str(expected.value)
+    decode, config = DecodeConfig(chunk_frames=8), FaceTrackConfig()
+    held = []
+
+    def crop_final(linker, pending, crops, cropped_to):
+        pending = crop_final_unobserved(linker, pending, crops, cropped_to)
+        held.append((linker.lost, sum(len(rows) for rows, _ in pending)))
+        return pending
+
+    crop_final_unobserved = face_track._crop_final
+    monkeypatch.setattr(face_track, "_crop_final", crop_final)
+    # Detections at 0, 10, 20 (face), 30-60 (none), 70, 80, 90, 94 (face).
+    parts = track_and_crop_parts(path, decode, config)
+    assert spans(parts) == [(0, 20, "ok"), (21, 69, "no_face"), (70, 94, "ok")]
+    assert [len(p.crops) for p in parts if p.crops is not None] == [21, 25]
+    assert any(lost for lost, _ in held) and all(count == 0 for lost, count in held if lost)
+    assert max(count for _, count in held) <= decode.chunk_frames + 12 + config.max_gap_frames
+    with pytest.raises(TrackLost, match="face lost for 50 frames"):
+        track_and_crop(path, decode, config)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

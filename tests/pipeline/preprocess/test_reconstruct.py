@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import NoFace, TooShort, VideoRejected
-from pipeline.preprocess.fit_3dmm import FitConfig, fit_video, second_difference
+from pipeline.preprocess.fit_3dmm import FitConfig, fit_video
+from pipeline.preprocess.fit_shape import second_difference
 from pipeline.preprocess.reconstruct import ReconstructConfig, reconstruct_video
 
 pytestmark = pytest.mark.shared_data

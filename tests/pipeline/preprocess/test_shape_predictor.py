@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.preprocess.decode import DecodeConfig, read_frames
-from pipeline.preprocess.face_track import FaceTrackConfig, crop_faces, track_video
+from pipeline.preprocess.face_track import FaceTrackConfig, track_and_crop
 from pipeline.preprocess.landmarks import (
     LandmarkConfig,
     detect_landmarks,
@@ -87,8 +87,7 @@ def test_subpixel_points_match_dlib_on_the_upsampled_crop(shared_videos):
     errors, x2_errors = [], []
     for name in ("liveportrait_d0", "videoretalking_5", "sadtalker_WDA_KatieHill_000"):
         path = shared_videos / f"{name}.mp4"
-        track = track_video(path, decode, FaceTrackConfig())
-        crops = crop_faces(read_frames(path, list(track.frame_index)), np.arange(len(track)), track)
+        track, crops = track_and_crop(path, decode, FaceTrackConfig())
         boxes = track.face_box_crop_px()
         ours = detect_landmarks(crops, boxes)
         x4 = detect_landmarks(crops, boxes, LandmarkConfig(dlib_runtime="dlib", dlib_upsample=4))

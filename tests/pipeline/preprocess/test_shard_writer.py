@@ -46,8 +46,7 @@ def test_shard_round_trips_through_plain_pyarrow_and_pandas(tmp_path):
 
 
 def test_records_table_and_summary(tmp_path):
-    base = {k: None for k in schema.VIDEO_SCHEMA.names}
-    ok = base | dict(
+    ok = schema.VideoRecord(
         video_id="a",
         identity="a",
         status="ok",
@@ -59,7 +58,7 @@ def test_records_table_and_summary(tmp_path):
         started_at=1000.5,
         finished_at=1002.0,
     )
-    bad = base | dict(
+    bad = schema.VideoRecord(
         video_id="b",
         identity="b",
         status="failed",
@@ -74,15 +73,16 @@ def test_records_table_and_summary(tmp_path):
     for record in (bad, ok):
         shard_writer.write_record(str(tmp_path), record)
     records = shard_writer.read_records(str(tmp_path))
-    assert [r["video_id"] for r in records] == ["a", "b"]
+    assert records == [ok, bad]  # every field read back as written, sorted by unit id
     shard_writer.write_videos_table(str(tmp_path), records)
     videos = pd.read_parquet(tmp_path / schema.VIDEOS_TABLE)
     assert list(videos["status"]) == ["ok", "failed"] and list(videos["reason"]) == ["", "no_face"]
     summary = shard_writer.summarise(records, {"a", "b"}, wall_s=2.0, run_started_at=1000.0)
     assert summary["videos_ok"] == 1 and summary["failed_by_reason"] == {"no_face": 1}
+    assert summary["videos"] == summary["units"] == 2
     assert summary["frames_this_run"] == 10 and summary["frames_per_s"] == 5.0
-    assert summary["stage_seconds"] == {"decode_crop": 2.5, "fit": 1.0}
-    assert summary["stage_cpu_seconds"] == {"decode_crop": 1.75, "fit": 0.75}
+    assert summary["stage_wall_s"] == {"decode_crop": 2.5, "fit": 1.0}
+    assert summary["stage_cpu_s"] == {"decode_crop": 1.75, "fit": 0.75}
     assert summary["startup_s"] == 0.5 and summary["processing_s"] == 1.5
     assert summary["processing_frames_per_s"] == round(10 / 1.5, 2)
     assert json.loads(videos["stage_cpu_seconds"][0]) == {"fit": 0.75, "decode_crop": 1.5}
