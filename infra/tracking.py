@@ -233,6 +233,8 @@ class Tracker:
     ``parent_run_id``: the run shows as a child of that run. ``resume_key``: if an active run of the
     experiment carries tag ``head2head.resume_key`` = this value, the tracker continues it (same run id,
     status RUNNING again, metrics appended) instead of creating a run; new runs get the tag.
+    ``resume_existing=False`` always creates a run (still tagged): a job starting afresh in a folder whose
+    earlier attempt left no checkpoint.
     """
 
     def __init__(
@@ -244,9 +246,11 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         resume_key: str | None = None,
+        resume_existing: bool = True,
         log: Callable[[str], Any] = print,
     ):
         self.config = config
+        self._resume_existing = resume_existing
         self._log = log
         self._uri = resolve_tracking_uri(config, default_uri)
         self._client: Any = None  # None until the run exists, and again once tracking is off
@@ -398,7 +402,7 @@ class Tracker:
         if dropped:
             self._log(f"MLflow: not logging secret-looking tags {sorted(dropped)}")
         run = None
-        if resume_key is not None:
+        if resume_key is not None and self._resume_existing:
             found = client.search_runs(
                 [experiment_id],
                 filter_string=_tag_filter(RESUME_TAG, resume_key),

@@ -45,6 +45,7 @@ class PatchGANConfig:
     ndf: int = 64
     n_layers: int = 3
     num_scales: int = 2
+    spectral_norm: bool = False  # not in Head2Head; a stability option (model.networks.layers)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class MultiscalePatchGAN(nn.Module):
     def __init__(self, in_channels: int, cfg: PatchGANConfig, out_channels: int = 1):
         super().__init__()
         self.nets = nn.ModuleList(
-            PatchDiscriminator(in_channels, cfg.ndf, cfg.n_layers, out_channels)
+            PatchDiscriminator(in_channels, cfg.ndf, cfg.n_layers, out_channels, cfg.spectral_norm)
             for _ in range(cfg.num_scales)
         )
         self.apply(init_weights_normal)
@@ -158,7 +159,8 @@ def mouth_centers_from_landmarks(landmarks_px: torch.Tensor) -> torch.Tensor:
 def crop_regions(images: torch.Tensor, centers_px: torch.Tensor, crop_px: int) -> torch.Tensor:
     """Square crops of side ``crop_px`` centred (rounded) on ``centers_px``, shifted to stay inside.
 
-    images (B, C, H, W); centers_px (B, 2) (x, y) in pixels (camera.py convention) -> (B, C, crop, crop).
+    images (B, C, H, W); centers_px (B, 2) (x, y) in pixels (``model.face3d.camera`` convention)
+    -> (B, C, crop, crop).
     Differentiable with respect to ``images``.
     """
     B, _, H, W = images.shape

@@ -159,35 +159,36 @@ class PatchDiscriminator(nn.Module):
     """pix2pixHD NLayerDiscriminator (kernel 4, padding 2) returning every intermediate feature.
 
     Layers: conv s2 + LReLU; (n_layers - 1) x [conv s2 + IN + LReLU]; conv s1 + IN + LReLU; final conv s1
-    to ``out_channels`` (1 for a plain score, n_f for the identity projection of Eq. 7).
+    to ``out_channels`` (1 for a plain score, n_f for the identity projection of Eq. 7); every conv
+    optionally spectrally normalised.
     x (B, C_in, H, W) -> list of n_layers + 2 tensors, the last one (B, out_channels, H', W').
     """
 
-    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3, out_channels: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        ndf: int = 64,
+        n_layers: int = 3,
+        out_channels: int = 1,
+        spectral_norm: bool = False,
+    ):
         super().__init__()
         kw, padw = 4, 2
-        blocks: list[nn.Module] = [
-            nn.Sequential(nn.Conv2d(in_channels, ndf, kw, stride=2, padding=padw), nn.LeakyReLU(0.2, True))
-        ]
+
+        def conv(c_in: int, c_out: int, stride: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, kw, stride=stride, padding=padw)
+            # Spectral norm bounds each layer's Lipschitz constant (Miyato et al. 2018), a common guard
+            # against a discriminator that wins too fast and leaves the generator without gradient.
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+        blocks: list[nn.Module] = [nn.Sequential(conv(in_channels, ndf, 2), nn.LeakyReLU(0.2, True))]
         nf = ndf
         for _ in range(1, n_layers):
             nf_prev, nf = nf, min(nf * 2, 512)
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(nf_prev, nf, kw, stride=2, padding=padw),
-                    nn.InstanceNorm2d(nf),
-                    nn.LeakyReLU(0.2, True),
-                )
-            )
+            blocks.append(nn.Sequential(conv(nf_prev, nf, 2), nn.InstanceNorm2d(nf), nn.LeakyReLU(0.2, True)))
         nf_prev, nf = nf, min(nf * 2, 512)
-        blocks.append(
-            nn.Sequential(
-                nn.Conv2d(nf_prev, nf, kw, stride=1, padding=padw),
-                nn.InstanceNorm2d(nf),
-                nn.LeakyReLU(0.2, True),
-            )
-        )
-        blocks.append(nn.Conv2d(nf, out_channels, kw, stride=1, padding=padw))
+        blocks.append(nn.Sequential(conv(nf_prev, nf, 1), nn.InstanceNorm2d(nf), nn.LeakyReLU(0.2, True)))
+        blocks.append(conv(nf, out_channels, 1))
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -209,7 +210,10 @@ def downsample_2x(x: torch.Tensor) -> torch.Tensor:
 def init_weights_normal(module: nn.Module, std: float = 0.02) -> None:
     """vid2vid initialisation: conv weights N(0, std), biases kept at PyTorch's default (apply() hook)."""
     if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-        nn.init.normal_(module.weight, 0.0, std)
+        # A spectrally normalised conv computes its weight from the stored original: initialise that.
+        parametrized = nn.utils.parametrize.is_parametrized(module, "weight")
+        weight = module.parametrizations.weight.original if parametrized else module.weight
+        nn.init.normal_(weight, 0.0, std)
 
 
 def count_parameters(module: nn.Module) -> int:

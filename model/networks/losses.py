@@ -1,4 +1,4 @@
-"""Losses of the Head2HeadFS video renderer (paper section 3.3) and their weighting.
+"""Losses of the Head2HeadFS video renderer (paper section 3.3), their weighting and who they train.
 
 - Hinge adversarial losses for G / E_id and every discriminator (D^I, D^M, D^V), summed over spatial
   scales: L_D = mean(relu(1 - r_real)) + mean(relu(1 + r_fake)), L_G = -mean(r_fake).
@@ -6,10 +6,15 @@
   weights from a configured path or the torch hub cache, never downloaded and never silently random.
 - Feature matching on D^I and D^V intermediate features (pix2pixHD weighting 1/num_scales * 4/(n_layers+1)).
 - Mask L1 between the generated and the real foreground mask.
-- Embedding matching (Eq. 8): L_EM = |h - w_i|_1 between E_id's identity vector and D^I's row w_i
-  (averaged over the n_f entries, so lambda does not scale with n_f); gradients reach both E_id and W.
-- ``generator_objective`` weights the terms with the lambdas (all 10 by default) and implements the
-  ablations without D^M and without D^V.
+- Embedding matching (Eq. 8): L_mch = 1 - h . w_i / (|h| |w_i|), the cosine distance between E_id's
+  identity vector and D^I's row w_i, averaged over the batch.
+- Optionally (beyond the paper, off by default) a pixel L1 between the generated and the real frame inside
+  the real foreground mask, a reconstruction term that steadies small, short runs.
+
+Who each term trains (``ObjectiveConfig``): the paper gives E_id its own objective, L_adv + lambda_mch
+L_mch, and G the adversarial, feature-matching, VGG and mask terms; W is a discriminator parameter (the
+hinge loss of D^I trains it), so L_mch reaches E_id and not W. ``split_objective`` returns the two sums.
+Terms of an ablated discriminator (without D^M, without D^V) must not be given at all.
 
 Discriminator outputs are lists (one per spatial scale) of ``ScaleOutput(features, score)``.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,25 +45,63 @@ class VGGConfig:
 
     weights_path: a torchvision vgg19 state dict (``vgg19-dcbb9e9d.pth``; only ``features.*`` are used);
     None looks in the torch hub cache (``$TORCH_HOME/hub/checkpoints``). Missing weights raise
-    FileNotFoundError naming both places. ``random_weights_for_tests = True`` explicitly skips loading
-    (a randomly initialised VGG, only meaningful in tests).
+    FileNotFoundError naming both places. ``random_weights = True`` explicitly skips loading: a randomly
+    initialised VGG19, whose term then compares random features (it still exercises the code and acts as a
+    weak multi-scale reconstruction term, but it is not the paper's perceptual loss; runs say so).
     """
 
     weights_path: str | None = None
-    random_weights_for_tests: bool = False
+    random_weights: bool = False
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights (paper: all lambdas 10) and the ablation toggles."""
+    """Loss weights (paper: all lambdas 10; lambda_l1 is not in the paper) and the ablation toggles."""
 
     lambda_vgg: float = 10.0
     lambda_feat: float = 10.0
     lambda_mask: float = 10.0
-    lambda_em: float = 10.0
+    lambda_mch: float = 10.0
+    lambda_l1: float = 0.0
     use_mouth_discriminator: bool = True  # False: the paper's ablation "w/o D^M"
     use_temporal_discriminator: bool = True  # False: the paper's ablation "w/o D^V"
     vgg: VGGConfig = VGGConfig()
+
+
+# Every term of the G / E_id side, unweighted, by name.
+GENERATOR_TERMS = (
+    "adv_image",
+    "fm_image",
+    "adv_mouth",
+    "adv_temporal",
+    "fm_temporal",
+    "vgg",
+    "mask_l1",
+    "pixel_l1",
+    "mch",
+)
+ADVERSARIAL_TERMS = ("adv_image", "adv_mouth", "adv_temporal")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which terms train which network (see the module docstring): names from ``GENERATOR_TERMS``.
+
+    The defaults follow the paper; listing every term under both makes one summed objective for G and
+    E_id together (what a single ``backward()`` of the total gives).
+    """
+
+    generator_terms: tuple[str, ...] = (
+        "adv_image",
+        "fm_image",
+        "adv_mouth",
+        "adv_temporal",
+        "fm_temporal",
+        "vgg",
+        "mask_l1",
+        "pixel_l1",
+    )
+    embedder_terms: tuple[str, ...] = ("adv_image", "adv_mouth", "adv_temporal", "mch")
 
 
 def vgg19_weights_candidates(cfg: VGGConfig) -> list[str]:
@@ -80,14 +124,15 @@ def vgg19_features_architecture() -> nn.Sequential:
 def load_vgg19_features(cfg: VGGConfig) -> nn.Sequential:
     """torchvision vgg19 ``features[:30]`` (up to relu5_1) with ImageNet weights, frozen, eval mode."""
     state = None
-    if not cfg.random_weights_for_tests:
+    if not cfg.random_weights:
         candidates = vgg19_weights_candidates(cfg)
         found = [p for p in candidates if os.path.isfile(p)]
         if not found:
             raise FileNotFoundError(
                 f"VGG19 ImageNet weights not found (looked in: {', '.join(candidates)}). Put torchvision's "
                 f"{os.path.basename(torchvision.models.VGG19_Weights.IMAGENET1K_V1.url)} there or set "
-                "loss.vgg.weights_path; tests may set loss.vgg.random_weights_for_tests=true"
+                "loss.vgg.weights_path; or set loss.vgg.random_weights=true (random features) or "
+                "loss.lambda_vgg=0 (no VGG term)"
             )
         state = torch.load(found[0], map_location="cpu", weights_only=True)
     features = vgg19_features_architecture()
@@ -170,23 +215,35 @@ def mask_l1_loss(mask_pred: torch.Tensor, mask_real: torch.Tensor) -> torch.Tens
     return F.l1_loss(mask_pred, mask_real)
 
 
-def embedding_matching_loss(h: torch.Tensor, w_i: torch.Tensor) -> torch.Tensor:
-    """Eq. (8): mean over batch and entries of |h - w_i|. h (B, n_f) from E_id; w_i (B, n_f) rows of W."""
-    return F.l1_loss(h, w_i)
+def embedding_matching_loss(h: torch.Tensor, w_i: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Eq. (8): mean over the batch of 1 - h . w_i / (|h| |w_i|). h (B, n_f) from E_id; w_i (B, n_f) rows
+    of W. In [0, 2]: 0 when h and w_i point the same way, whatever their lengths."""
+    h, w_i = h.float(), w_i.float()
+    cosine = (h * w_i).sum(dim=1) / (h.norm(dim=1) * w_i.norm(dim=1)).clamp_min(eps)
+    return (1.0 - cosine).mean()
 
 
-GENERATOR_TERMS = ("adv_image", "fm_image", "adv_mouth", "adv_temporal", "fm_temporal", "vgg", "mask", "em")
+def masked_l1_loss(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean |fake - real| over the foreground: fake, real (B, C, H, W); mask (B, 1, H, W) in [0, 1].
+
+    Normalised by the mask's area (times C), so the value is a per-pixel distance inside the face and
+    head whatever their size; 0 for an empty mask.
+    """
+    weight = mask.float().expand_as(fake)
+    return ((fake.float() - real.float()).abs() * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def generator_term_weights(cfg: LossConfig) -> dict[str, float]:
-    """The weight of every enabled generator / E_id loss term (adversarial terms weigh 1)."""
+    """The weight of every enabled G / E_id term (adversarial terms weigh 1; L1 only when weighted)."""
     weights = {
         "adv_image": 1.0,
         "fm_image": cfg.lambda_feat,
         "vgg": cfg.lambda_vgg,
-        "mask": cfg.lambda_mask,
-        "em": cfg.lambda_em,
+        "mask_l1": cfg.lambda_mask,
+        "mch": cfg.lambda_mch,
     }
+    if cfg.lambda_l1 > 0:
+        weights["pixel_l1"] = cfg.lambda_l1
     if cfg.use_mouth_discriminator:
         weights["adv_mouth"] = 1.0
     if cfg.use_temporal_discriminator:
@@ -195,33 +252,50 @@ def generator_term_weights(cfg: LossConfig) -> dict[str, float]:
     return weights
 
 
-def generator_objective(
-    cfg: LossConfig, terms: Mapping[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss of G and E_id: sum of lambda * term over the enabled terms.
+class Objectives(NamedTuple):
+    """generator: the sum that trains G; embedder: the sum that trains E_id; weighted: every given term
+    times its weight (for logging)."""
 
-    terms: unweighted scalars keyed by GENERATOR_TERMS; exactly the enabled ones must be present (a
-    disabled discriminator's term is an error, so an ablation cannot silently keep training it).
-    -> (total scalar, weighted terms).
+    generator: torch.Tensor
+    embedder: torch.Tensor
+    weighted: dict[str, torch.Tensor]
+
+
+def split_objective(
+    cfg: LossConfig, objective: ObjectiveConfig, terms: Mapping[str, torch.Tensor]
+) -> Objectives:
+    """Weights the given unweighted terms and sums them per network.
+
+    terms: scalars keyed by ``GENERATOR_TERMS``; any subset of the enabled ones (a training schedule may
+    leave some out), but never a term that the config disables (an ablated discriminator's, or ``l1``
+    with weight 0), so an ablation cannot silently keep training it.
     """
     weights = generator_term_weights(cfg)
-    missing = sorted(set(weights) - set(terms))
-    extra = sorted(set(terms) - set(weights))
-    if missing or extra:
-        raise ValueError(f"generator loss terms: missing {missing}, not enabled or unknown {extra}")
-    weighted = {name: weights[name] * terms[name] for name in weights}
-    return sum(weighted.values()), weighted
+    unknown = sorted(set(terms) - set(weights))
+    if unknown:
+        raise ValueError(f"generator loss terms {unknown} are not enabled by the loss config")
+    for side in (objective.generator_terms, objective.embedder_terms):
+        if not set(side) <= set(GENERATOR_TERMS):
+            raise ValueError(f"objective lists unknown terms {sorted(set(side) - set(GENERATOR_TERMS))}")
+    weighted = {name: weights[name] * value for name, value in terms.items()}
+    zero = next(iter(terms.values())).new_zeros(()) if terms else torch.zeros(())
+
+    def total(names: Sequence[str]) -> torch.Tensor:
+        return sum((weighted[n] for n in names if n in weighted), zero)
+
+    return Objectives(total(objective.generator_terms), total(objective.embedder_terms), weighted)
 
 
 def discriminator_objective(
     cfg: LossConfig, terms: Mapping[str, torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total hinge loss of the enabled discriminators: keys "image", "mouth", "temporal" (as enabled)."""
+    """Total hinge loss of the discriminators: keys "image", "mouth", "temporal", a subset of the enabled
+    ones (a disabled discriminator's term is an error)."""
     enabled = {"image"}
     if cfg.use_mouth_discriminator:
         enabled.add("mouth")
     if cfg.use_temporal_discriminator:
         enabled.add("temporal")
-    if set(terms) != enabled:
-        raise ValueError(f"discriminator loss terms {sorted(terms)} != enabled {sorted(enabled)}")
+    if not set(terms) <= enabled:
+        raise ValueError(f"discriminator loss terms {sorted(set(terms) - enabled)} are not enabled")
     return sum(terms.values()), dict(terms)

@@ -401,3 +401,27 @@ def process_video(
         fit_render_write(row, cfg, output, config_hash, model, renderer)
         for row in video_units(new_row(source), cfg)
     ]
+
+
+def preprocess_in_process(
+    input_uri: str,
+    output: str,
+    cfg: PreprocessConfig,
+    config_hash: str,
+    model: MorphableModel,
+    log: Callable[[str], None] = print,
+) -> list[schema.VideoRecord]:
+    """Every video of ``input_uri`` (a folder, prefix or manifest) through the chain, one after another in
+    this process, then the per-unit table: the job's output without Ray, for a handful of videos (tests,
+    benchmarks, a laptop). Returns the records of this call's units."""
+    from pipeline.preprocess.manifest import discover_videos
+
+    check_config(cfg)
+    renderer = NmfcRenderer(model, cfg.render)
+    records: list[schema.VideoRecord] = []
+    for source in discover_videos(input_uri):
+        for unit in process_video(source, cfg, output, config_hash, model, renderer):
+            records.append(unit)
+            log(f"{unit.video_id}: {unit.status} ({unit.kept_frames if unit.ok else unit.reason})")
+    shard_writer.write_videos_table(output, shard_writer.read_records(output))
+    return records

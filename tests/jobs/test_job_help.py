@@ -41,3 +41,36 @@ def test_convert_3dmm_job_writes_model_preview_and_config(tmp_path, ict_model):
     # The 68 landmarks are drawn in red on both views.
     red = (image[..., 2] > 180) & (image[..., 1] < 80) & (image[..., 0] < 80)
     assert red[:, :128].sum() > 68 and red[:, 128:].sum() > 34
+
+
+# The arguments each job needs besides its config, to reach config loading.
+REQUIRED_ARGS = {
+    "convert_3dmm": ["--output", "unused"],
+    "preprocess": ["--input", "unused", "--output", "unused"],
+    "reconstruct": ["unused.mp4"],
+    "train": ["--data", "unused", "--run-name", "unused"],
+}
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_a_bad_config_value_is_one_line_naming_the_key_and_exit_status_2(job):
+    assert job in REQUIRED_ARGS, f"add jobs.{job}'s required arguments to REQUIRED_ARGS"
+    for override, named in [("nope.key=1", "nope"), ("dry_run=1", "dry_run")]:
+        out = subprocess.run(
+            [sys.executable, "-m", f"jobs.{job}", *REQUIRED_ARGS[job], "--set", override],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert f"'{named}'" in out.stderr and "known here:" in out.stderr, out.stderr
+
+
+def test_a_wrongly_typed_value_says_what_is_allowed():
+    from jobs import preprocess
+
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess.main(["--input", "x", "--output", "y", "--set", "preprocess.fit.solver=fast"])
+    assert exit_info.value.code == 2

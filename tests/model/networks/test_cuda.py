@@ -69,7 +69,7 @@ def adversarial_step(device: torch.device) -> None:
     d_i = ImageDiscriminator(ImageDiscriminatorConfig(PATCH, n_f=32, num_identities=3)).to(device)
     d_m = MouthDiscriminator(MouthDiscriminatorConfig(PATCH, crop_px=24)).to(device)
     d_v = TemporalDiscriminator(TemporalDiscriminatorConfig(PATCH)).to(device)
-    vgg = VGGPerceptualLoss(VGGConfig(random_weights_for_tests=True)).to(device)
+    vgg = VGGPerceptualLoss(VGGConfig(random_weights=True)).to(device)
     with torch.no_grad():  # start D away from the hinge margins' cancellation (see test_discriminators)
         d_i.projection.w_0.normal_()
         d_i.projection.c.fill_(1.5)

@@ -38,11 +38,27 @@ def test_identity_vector_is_mean_of_masked_frame_embeddings(embedder):
     torch.testing.assert_close(h[0], per_frame.mean(dim=0), atol=1e-6, rtol=1e-5)  # Eq. (4)
     torch.testing.assert_close(h_bg, h, atol=1e-6, rtol=1e-5)
     assert (h_fg - h).abs().max() > 1e-4
-    # Eq. (9): all frames, in chunks, in eval mode, restores the previous mode.
+    # Eq. (9): all frames, in chunks; the module's mode does not matter (one treatment of h everywhere).
     embedder.train()
     h_all = identity_vector_all_frames(embedder, frames[0], masks[0], chunk_frames=2)
     assert embedder.training
     torch.testing.assert_close(h_all, h[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["facenet", "small"])
+def test_identity_vector_is_the_same_in_training_and_at_fine_tuning(arch):
+    """h in train mode, with any batch composition, equals Eq. (9)'s h_new in chunks: fine-tuning starts
+    from the h that training used (no dropout, no batch statistics)."""
+    torch.manual_seed(3)
+    cfg = SMALL if arch == "facenet" else EmbedderConfig(arch="small", n_f=32, input_px=32, small_channels=4)
+    net = IdentityEmbedder(cfg).train()
+    frames, masks = torch.rand(2, 4, 3, 32, 32) * 2 - 1, torch.ones(2, 4, 1, 32, 32)
+    h_batch = net(frames, masks)  # two identities in one training batch
+    h_alone = net(frames[:1], masks[:1])  # one identity alone
+    h_new = identity_vector_all_frames(net, frames[0], masks[0], chunk_frames=3)
+    torch.testing.assert_close(h_alone[0], h_batch[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_new, h_batch[0], atol=1e-5, rtol=1e-5)
+    assert not net.net.training and net.training
 
 
 def test_every_embedder_parameter_gets_a_gradient_from_embedding_matching(embedder):
@@ -60,6 +76,8 @@ def test_every_embedder_parameter_gets_a_gradient_from_embedding_matching(embedd
 def test_input_size_and_missing_weights_errors(tmp_path):
     with pytest.raises(ValueError, match="75"):
         IdentityEmbedder(EmbedderConfig(input_px=64))
+    with pytest.raises(ValueError, match="512"):
+        IdentityEmbedder(EmbedderConfig(input_px=75, n_f=64))
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         IdentityEmbedder(EmbedderConfig(input_px=75, weights_path=str(tmp_path / "nope.pt")))
 

@@ -9,16 +9,18 @@ from model.networks.discriminators import ScaleOutput
 from model.networks.losses import (
     GENERATOR_TERMS,
     LossConfig,
+    ObjectiveConfig,
     VGGConfig,
     VGGPerceptualLoss,
     discriminator_objective,
     embedding_matching_loss,
     feature_matching_loss,
-    generator_objective,
     hinge_discriminator_loss,
     hinge_generator_loss,
     load_vgg19_features,
     mask_l1_loss,
+    masked_l1_loss,
+    split_objective,
     vgg19_features_architecture,
 )
 
@@ -50,34 +52,56 @@ def test_feature_matching_hand_computed():
     assert r.grad is None and f.grad.tolist() == [2.0, -2.0]  # 4/1 * sign / 2 elements
 
 
-def test_embedding_matching_and_mask_l1_hand_computed():
-    h = torch.tensor([[1.0, -1.0, 0.0, 2.0]], requires_grad=True)
-    w = torch.tensor([[0.0, 1.0, 0.0, 2.0]], requires_grad=True)
-    loss = embedding_matching_loss(h, w)  # Eq. (8): |1| + |-2| + 0 + 0 over 4 entries
-    assert loss.item() == pytest.approx(0.75)
+def test_embedding_matching_is_the_cosine_distance_of_eq_8_hand_computed():
+    h = torch.tensor([[1.0, 0.0, 0.0], [3.0, 4.0, 0.0]], requires_grad=True)
+    w = torch.tensor([[0.0, 2.0, 0.0], [6.0, 8.0, 0.0]], requires_grad=True)
+    # Row 0: orthogonal, 1 - 0 = 1. Row 1: parallel at different lengths, 1 - 1 = 0. Mean 0.5.
+    loss = embedding_matching_loss(h, w)
+    assert loss.item() == pytest.approx(0.5)
     loss.backward()
-    assert h.grad.tolist() == [[0.25, -0.25, 0.0, 0.0]] and w.grad.tolist() == [[-0.25, 0.25, 0.0, 0.0]]
+    # d/dh (1 - h.w / (|h||w|)) / B = -(w/(|h||w|) - (h.w) h / (|h|^3 |w|)) / 2; row 0: -(0, 1, 0) / 2.
+    torch.testing.assert_close(h.grad[0], torch.tensor([0.0, -0.5, 0.0]))
+    torch.testing.assert_close(h.grad[1], torch.zeros(3), atol=1e-7, rtol=0)  # at the optimum
+    assert embedding_matching_loss(torch.tensor([[1.0, 1.0]]), torch.tensor([[-2.0, -2.0]])).item() == 2.0
+
+
+def test_mask_and_masked_pixel_l1_hand_computed():
     assert mask_l1_loss(torch.tensor([0.2, 1.0]), torch.tensor([0.0, 0.0])).item() == pytest.approx(0.6)
+    fake = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])  # (1, 1, 2, 2)
+    real = torch.zeros(1, 1, 2, 2)
+    mask = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    assert masked_l1_loss(fake, real, mask).item() == pytest.approx(0.75)  # (1 + 0.5) / 2 pixels
 
 
-def test_generator_objective_weights_and_ablations():
+def test_objective_weights_split_per_network_and_ablations():
     terms = {name: torch.tensor(float(i + 1)) for i, name in enumerate(GENERATOR_TERMS)}
-    # adv_image 1, fm_image 2, adv_mouth 3, adv_temporal 4, fm_temporal 5, vgg 6, mask 7, em 8
-    total, weighted = generator_objective(LossConfig(), terms)
-    assert total.item() == pytest.approx(1 + 10 * 2 + 3 + 4 + 10 * 5 + 10 * 6 + 10 * 7 + 10 * 8)
+    # adv_image 1, fm_image 2, adv_mouth 3, adv_temporal 4, fm_temporal 5, vgg 6, mask 7, l1 8, mch 9
+    cfg = LossConfig(lambda_l1=0.5)
+    g, e, weighted = split_objective(cfg, ObjectiveConfig(), terms)
+    # The paper's split: G gets everything but L_mch; E_id gets L_adv + lambda_mch L_mch (Eq. 8).
+    assert g.item() == pytest.approx(1 + 10 * 2 + 3 + 4 + 10 * 5 + 10 * 6 + 10 * 7 + 0.5 * 8)
+    assert e.item() == pytest.approx(1 + 3 + 4 + 10 * 9)
     assert weighted["vgg"].item() == pytest.approx(60.0)
-    cfg = LossConfig(lambda_vgg=1.0, use_mouth_discriminator=False, use_temporal_discriminator=False)
+    # One summed objective for both (the old behaviour) is a config choice.
+    both = ObjectiveConfig(generator_terms=GENERATOR_TERMS, embedder_terms=GENERATOR_TERMS)
+    g, e, _ = split_objective(cfg, both, terms)
+    assert g.item() == e.item() == pytest.approx(1 + 20 + 3 + 4 + 50 + 60 + 70 + 4 + 90)
+    ablated_cfg = LossConfig(lambda_vgg=1.0, use_mouth_discriminator=False, use_temporal_discriminator=False)
     with pytest.raises(ValueError, match="adv_mouth"):
-        generator_objective(cfg, terms)  # an ablated discriminator's term must not be passed
-    ablated = {k: v for k, v in terms.items() if k not in ("adv_mouth", "adv_temporal", "fm_temporal")}
-    total, _ = generator_objective(cfg, ablated)
-    assert total.item() == pytest.approx(1 + 10 * 2 + 6 + 10 * 7 + 10 * 8)
-    with pytest.raises(ValueError, match="missing"):
-        generator_objective(LossConfig(), ablated)
-    total, _ = discriminator_objective(cfg, {"image": torch.tensor(2.0)})
+        split_objective(ablated_cfg, ObjectiveConfig(), terms)  # an ablated discriminator's term
+    with pytest.raises(ValueError, match="pixel_l1"):
+        split_objective(LossConfig(), ObjectiveConfig(), terms)  # l1 at weight 0 is disabled
+    left_out = ("adv_mouth", "adv_temporal", "fm_temporal", "pixel_l1")
+    ablated = {k: v for k, v in terms.items() if k not in left_out}
+    g, e, _ = split_objective(ablated_cfg, ObjectiveConfig(), ablated)
+    assert g.item() == pytest.approx(1 + 10 * 2 + 6 + 10 * 7) and e.item() == pytest.approx(1 + 90)
+    # A schedule may leave enabled terms out (e.g. no adversarial terms during a warm-up).
+    g, e, _ = split_objective(cfg, ObjectiveConfig(), {"vgg": torch.tensor(1.0), "mch": torch.tensor(0.5)})
+    assert g.item() == pytest.approx(10.0) and e.item() == pytest.approx(5.0)
+    total, _ = discriminator_objective(ablated_cfg, {"image": torch.tensor(2.0)})
     assert total.item() == 2.0
-    with pytest.raises(ValueError, match="enabled"):
-        discriminator_objective(LossConfig(), {"image": torch.tensor(2.0)})
+    with pytest.raises(ValueError, match="mouth"):
+        discriminator_objective(ablated_cfg, {"image": torch.tensor(2.0), "mouth": torch.tensor(1.0)})
 
 
 def test_vgg_missing_weights_is_a_clear_error(tmp_path, monkeypatch):
@@ -104,7 +128,7 @@ def test_vgg_loads_a_saved_state_dict(tmp_path):
 
 def test_vgg_perceptual_loss_explicit_random_opt_out():
     torch.manual_seed(0)
-    loss_fn = VGGPerceptualLoss(VGGConfig(random_weights_for_tests=True)).train()
+    loss_fn = VGGPerceptualLoss(VGGConfig(random_weights=True)).train()
     assert not loss_fn.slices.training
     real = torch.rand(1, 3, 32, 32) * 2 - 1
     fake = (real + 0.3 * torch.randn_like(real)).requires_grad_(True)
@@ -156,7 +180,7 @@ def test_full_objective_reaches_every_network():
     d_i = ImageDiscriminator(ImageDiscriminatorConfig(patch, n_f=n_f, num_identities=2))
     d_m = MouthDiscriminator(MouthDiscriminatorConfig(patch, crop_px=16))
     d_v = TemporalDiscriminator(TemporalDiscriminatorConfig(patch))
-    vgg = VGGPerceptualLoss(VGGConfig(random_weights_for_tests=True))
+    vgg = VGGPerceptualLoss(VGGConfig(random_weights=True))
     real = torch.rand(B, T, 3, S, S) * 2 - 1
     nmfc, masks = torch.rand(B, T, 3, S, S), (torch.rand(B, T, 1, S, S) > 0.3).float()
     flows, ids, centers = torch.randn(B, T - 1, 2, S, S), torch.tensor([0, 1]), torch.full((B, 2), 16.0)
@@ -173,8 +197,8 @@ def test_full_objective_reaches_every_network():
         "adv_temporal": 0.0,
         "fm_temporal": 0.0,
         "vgg": vgg(fake.frame[:, t], real[:, t]),
-        "mask": mask_l1_loss(fake.mask, masks),
-        "em": embedding_matching_loss(h, d_i.projection.W[ids]),  # Eq. (8)
+        "mask_l1": mask_l1_loss(fake.mask, masks),
+        "mch": embedding_matching_loss(h, d_i.projection.W[ids]),  # Eq. (8)
     }
     for s, ((fr, fl), (ff, _)) in enumerate(
         zip(d_v.temporal_inputs(real, flows), d_v.temporal_inputs(fake.frame, flows))
@@ -182,10 +206,11 @@ def test_full_objective_reaches_every_network():
         real_v, fake_v = d_v(s, fr, fl), d_v(s, ff, fl)
         terms["adv_temporal"] = terms["adv_temporal"] + hinge_generator_loss(fake_v)
         terms["fm_temporal"] = terms["fm_temporal"] + feature_matching_loss(real_v, fake_v)
-    total, _ = generator_objective(LossConfig(), terms)
-    generator_side = [*g.named_parameters(), *embedder.named_parameters()]
-    grads = torch.autograd.grad(total, [p for _, p in generator_side])
-    assert [n for (n, _), gr in zip(generator_side, grads) if gr.abs().sum() == 0] == []
+    g_total, e_total, _ = split_objective(LossConfig(), ObjectiveConfig(), terms)
+    grads = torch.autograd.grad(g_total, list(g.parameters()), retain_graph=True)
+    assert [n for (n, _), gr in zip(g.named_parameters(), grads) if gr.abs().sum() == 0] == []
+    grads = torch.autograd.grad(e_total, list(embedder.parameters()))
+    assert [n for (n, _), gr in zip(embedder.named_parameters(), grads) if gr.abs().sum() == 0] == []
 
     # Discriminator step on detached fakes.
     fake_frames = fake.frame.detach()
