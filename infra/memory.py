@@ -4,9 +4,9 @@ glibc's malloc serves large blocks with fresh ``mmap``s and hands freed memory a
 back to the OS (``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``, both adaptive and small by default).
 PyTorch's CPU tensors of a few MB are then new pages almost every time they are allocated, and each 4 KiB
 page costs a page fault and zeroing on first touch. A 32-frame 256 px NMFC batch allocates ~100 MB of
-temporaries this way: 25,000 minor faults per batch by default, ~200 after ``retain_freed_memory()``, and
-about a third less CPU time on this machine. The price is a resident set that stays at its peak (freed
-memory is kept for reuse), which suits worker processes.
+temporaries this way, tens of thousands of minor faults per batch, and keeping freed memory removes
+nearly all of them (``benchmarks/rasterize.py`` reports the setting with its timings). The price is a
+resident set that stays at its peak (freed memory is kept for reuse), which suits worker processes.
 """
 
 from __future__ import annotations

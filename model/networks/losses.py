@@ -91,17 +91,8 @@ class ObjectiveConfig:
     E_id together (what a single ``backward()`` of the total gives).
     """
 
-    generator_terms: tuple[str, ...] = (
-        "adv_image",
-        "fm_image",
-        "adv_mouth",
-        "adv_temporal",
-        "fm_temporal",
-        "vgg",
-        "mask_l1",
-        "pixel_l1",
-    )
-    embedder_terms: tuple[str, ...] = ("adv_image", "adv_mouth", "adv_temporal", "mch")
+    generator_terms: tuple[str, ...] = tuple(t for t in GENERATOR_TERMS if t != "mch")
+    embedder_terms: tuple[str, ...] = (*ADVERSARIAL_TERMS, "mch")
 
 
 def vgg19_weights_candidates(cfg: VGGConfig) -> list[str]:

@@ -3,8 +3,9 @@
 One Ray Data row per video (the fit needs the whole video). Two layouts (``RayConfig.stages``):
 
 ``fused`` (default): one actor pool; each actor runs a video's whole chain (decode + track + crop +
-    landmarks, then, per segment, fit + NMFC render + masks + flow + shard writing) and yields one small
-    record per segment (a long video becomes several segments, see ``chain.video_segments``).
+    landmarks, then, per unit, fit + NMFC render + masks + flow + shard writing) and yields one small
+    record per unit (a long video's segments and a cut track's parts are units, see
+    ``chain.video_units``).
 ``split``: two actor pools, decode + track + crop + landmarks -> fit + render + masks + flow + write,
     with the crops moving between them through the object store; lets the two halves be sized (or
     placed on GPUs) independently.
@@ -12,15 +13,13 @@ One Ray Data row per video (the fit needs the whole video). Two layouts (``RayCo
 Why whole chains and not one pool per step: per-step pools were mostly idle or waiting on a small
 machine (each step of each video a scheduling round and an object-store copy of its frames), and every
 extra process pays the torch / MTCNN / dlib / 3DMM start-up again. Fused is the default because it is
-the cheapest: one process per core, no frames through the object store, models loaded once per core.
-On 2 cores over 14 shared clips (1950 frames) it ran at 35.5 frames/s against 25.6 for ``split``, whose
-four single-threaded actors time-share two cores (its stages' CPU time per frame rose from 40.6 to 50.7
-ms). Each actor runs its numerical libraries on ``threads_per_actor`` threads, so that the actors
-sharing a node do not oversubscribe it.
+the cheapest: one process per core, no frames through the object store, models loaded once per core
+(docs/preprocessing.md compares the two layouts). Each actor runs its numerical libraries on
+``threads_per_actor`` threads, so that the actors sharing a node do not oversubscribe it.
 
-Work already done with the same config hash (a record exists) is skipped before Ray starts. Each video's
-shard is written before its record, both under deterministic names, so a task retried after a worker
-died rewrites the same objects: every video ends up exactly once.
+Work already done with the same config hash (records for all of a video's units) is skipped before Ray
+starts. Each unit's shard is written before its record, both under deterministic names, so a task retried
+after a worker died rewrites the same objects: every unit ends up exactly once.
 """
 
 from __future__ import annotations

@@ -189,7 +189,9 @@ class _Monitor:
 
     def flush(self) -> tuple[dict[str, float], float]:
         """(mean metrics since the last flush, training frames/s of this worker)."""
-        means = {k: v / max(self.count, 1) for k, v in self.sums.items() if k != "frames"}
+        counted = ("frames", "data/bad_reads")
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items() if k not in counted}
+        means["data/bad_reads"] = self.sums.get("data/bad_reads", 0.0)  # a count, not a mean
         rate = self.frames / max(time.perf_counter() - self.start, 1e-9)
         self.sums, self.count, self.frames, self.start = defaultdict(float), 0, 0.0, time.perf_counter()
         return means, rate
@@ -307,6 +309,7 @@ def train(
         _maybe_fail(step, ctx.rank)
         batch = _to_device(next(batches), device)
         metrics = trainer(batch, step)
+        metrics["data/bad_reads"] = float(batch[data.BAD_READS].sum())  # shards that failed mid-run
         samples_seen += per_step
         step += 1
         monitor.add(metrics)

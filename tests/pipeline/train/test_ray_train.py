@@ -19,12 +19,12 @@ from tests.pipeline.train.train_inputs import REPO, tiny_args
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS = 12
 OVERRIDES = (
     f"run.steps={STEPS}",
-    "run.checkpoint_every=2",
-    "run.log_every=2",
-    "run.preview_every=4",
+    "run.checkpoint_every=4",
+    "run.log_every=4",
+    "run.preview_every=8",
     "run.video_frames=9",
     "schedule.adversarial_from_step=1",
     "schedule.temporal_from_step=2",
@@ -55,13 +55,13 @@ def test_two_workers_resume_after_a_failure_and_track_to_mlflow(tiny_shards, tmp
     tracking = ("tracking.enabled=true", f"tracking.tracking_uri={mlflow_server.uri}")
     tracked = _train(
         ["--data", tiny_shards, "--run-name", "tracked"] + tiny_args(storage, *OVERRIDES, *tracking),
-        {FAIL_AT_STEP_ENV: "3", FAIL_MARKER_ENV: str(marker)},
+        {FAIL_AT_STEP_ENV: "6", FAIL_MARKER_ENV: str(marker)},
     )
     output = tracked.stdout + tracked.stderr
     assert tracked.returncode == 0, output[-5000:]
     assert marker.exists(), "the injected failure did not happen"
-    assert "test failure injected at step 3" in output and "resuming at step 2/6" in output
-    assert "checkpoint at step 6 (2 worker(s) in sync)" in output  # parameters identical across ranks
+    assert "test failure injected at step 6" in output and "resuming at step 4/12" in output
+    assert f"checkpoint at step {STEPS} (2 worker(s) in sync)" in output  # parameters identical across ranks
 
     straight = _train(["--data", tiny_shards, "--run-name", "straight"] + tiny_args(storage, *OVERRIDES), {})
     assert straight.returncode == 0, (straight.stdout + straight.stderr)[-5000:]
