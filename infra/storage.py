@@ -83,6 +83,15 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def remove(uri: str, recursive: bool = False) -> bool:
+    """Deletes a file (or, with ``recursive``, a folder or prefix and all below it); False when absent."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return False
+    fs.rm(path, recursive=recursive)
+    return True
+
+
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.makedirs(path, exist_ok=True)

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -320,6 +321,19 @@ class Tracker:
             raise FileNotFoundError(local_path)
         self._call("log artifact", self._log_artifact, local_path, artifact_path, timeout=True)
 
+    def log_artifact_uri(self, uri: str, artifact_path: str | None = None) -> None:
+        """Uploads a file given by a storage URI (local path or s3://), downloading it first if remote."""
+        if not self.active:
+            return
+        if storage.is_local(uri):
+            self.log_artifact(storage.normalise(uri), artifact_path)
+            return
+        with tempfile.TemporaryDirectory(prefix="h2h-artifact-") as folder:
+            local = os.path.join(folder, uri.rsplit("/", 1)[-1])
+            with open(local, "wb") as f:
+                f.write(storage.read_bytes(uri))
+            self.log_artifact(local, artifact_path)
+
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
         """Logs ``image`` (H, W, 3) uint8 RGB or (H, W) uint8 grey as a PNG at ``artifact_file``."""
         if not self.active:
@@ -476,6 +490,9 @@ class NullTracker:
         pass
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifact_uri(self, uri: str, artifact_path: str | None = None) -> None:
         pass
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:

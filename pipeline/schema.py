@@ -51,9 +51,11 @@ VIDEOS_TABLE = "videos.parquet"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 
-# Columns of an input manifest (CSV or Parquet): the video's path or URI, and an optional identity.
+# Columns of an input manifest (CSV or Parquet): the video's path or URI, an optional identity, and an
+# optional licence or consent note that travels with the video's units into the people's models.
 MANIFEST_PATH = "path"
 MANIFEST_IDENTITY = "identity"
+MANIFEST_NOTE = "note"
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -128,6 +130,7 @@ class VideoRecord:
     last_frame_index: int = _column(pa.int32(), -1)  # last source frame of the unit (-1: none)
     identity: str = _column(pa.string(), "")
     source: str = _column(pa.string(), "")  # source URI, credentials redacted
+    note: str = _column(pa.string(), "")  # the manifest's licence or consent note for the video
     status: str = _column(pa.string(), STATUS_OK)
     reason: str = _column(pa.string(), "")  # short code for failures ("no_face", ...), "" when ok
     message: str = _column(pa.string(), "")  # a sentence for people
@@ -170,7 +173,11 @@ class VideoRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> VideoRecord:
         """A record from a mapping holding (at least) some of its fields; other keys are ignored and
         missing fields take their defaults (records written before a column existed still read)."""
-        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if data.get(f.name) is not None}
+        values = {
+            f.name: data[f.name].item() if isinstance(data[f.name], np.generic) else data[f.name]
+            for f in dataclasses.fields(cls)
+            if data.get(f.name) is not None
+        }
         if _IDENTITY_COEFFICIENTS in values:
             values[_IDENTITY_COEFFICIENTS] = tuple(
                 float(v) for v in np.asarray(values[_IDENTITY_COEFFICIENTS]).ravel()

@@ -57,25 +57,42 @@ def tiny_preprocess_overrides(frames: int = TINY_FRAMES) -> list[str]:
     ]
 
 
+def make_shard_set(folder: Path, model, videos: list[Path], frames: int) -> str:
+    """Preprocesses the first ``frames`` frames of ``videos`` (identity = file stem) in this process with
+    ``tiny_preprocess_overrides`` into ``folder/out``; asserts one ok unit of ``frames`` frames per video."""
+    from infra.config import config_hash, load_config
+    from pipeline.preprocess.chain import preprocess_in_process
+    from pipeline.preprocess.ray_preprocess import PreprocessJobConfig
+
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,identity,note\n" + "".join(f"{v},{v.stem},shared test clip\n" for v in videos))
+    cfg = load_config(PreprocessJobConfig, None, tiny_preprocess_overrides(frames)).preprocess
+    out = str(folder / "out")
+    records = preprocess_in_process(str(manifest), out, cfg, config_hash(cfg), model, log=lambda m: None)
+    assert [(r.status, r.kept_frames) for r in records] == [("ok", frames)] * len(videos), records
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory, ict_model, shared_videos) -> str:
     """A real preprocessing output (shards, records, videos.parquet) made by the preprocessing chain in
     this process (no Ray): one ok unit of TINY_FRAMES frames per clip of TINY_CLIPS, crops of
     TINY_CROP_PX px, mouth boxes of TINY_MOUTH_BOX_PX px. Returns the output folder (a local path).
     Read-only: tests that damage it work on a copy."""
-    from infra.config import config_hash, load_config
-    from pipeline.preprocess.chain import preprocess_in_process
-    from pipeline.preprocess.ray_preprocess import PreprocessJobConfig
+    videos = [require(shared_videos / f"{clip}.mp4") for clip in TINY_CLIPS]
+    return make_shard_set(tmp_path_factory.mktemp("tiny_shards"), ict_model, videos, TINY_FRAMES)
 
-    folder = tmp_path_factory.mktemp("tiny_shards")
-    manifest = folder / "manifest.csv"
-    rows = "".join(f"{require(shared_videos / f'{clip}.mp4')},{clip}\n" for clip in TINY_CLIPS)
-    manifest.write_text("path,identity\n" + rows)
-    cfg = load_config(PreprocessJobConfig, None, tiny_preprocess_overrides()).preprocess
-    out = str(folder / "out")
-    records = preprocess_in_process(str(manifest), out, cfg, config_hash(cfg), ict_model, log=lambda m: None)
-    assert [(r.status, r.kept_frames) for r in records] == [("ok", TINY_FRAMES)] * len(TINY_CLIPS), records
-    return out
+
+# People the tiny run never saw, for fine-tuning (``new_people_shards``): NEW_PEOPLE_FRAMES frames each.
+NEW_PEOPLE = ("dpe_d", "liveportrait_d3", "videoretalking_4")
+NEW_PEOPLE_FRAMES = 60
+
+
+@pytest.fixture(scope="session")
+def new_people_shards(tmp_path_factory, ict_model, shared_videos) -> str:
+    """Like ``tiny_shards`` for NEW_PEOPLE: the few-shot fine-tuning tests' new identities."""
+    videos = [require(shared_videos / f"{clip}.mp4") for clip in NEW_PEOPLE]
+    return make_shard_set(tmp_path_factory.mktemp("new_people"), ict_model, videos, NEW_PEOPLE_FRAMES)
 
 
 # The tiny trained run (``tiny_trained_run``): tests/pipeline/train/train_inputs.py's 32 px config trained on

@@ -74,8 +74,8 @@ class RendererConfig:
 class VideoRenderer(nn.Module):
     """G, E_id, D^I, D^M, D^V for ``num_identities`` training identities.
 
-    ``generator_side()`` are the modules trained by the G / E_id objectives, ``discriminators()`` those
-    trained by the hinge losses (D^I includes W, Eq. 7).
+    ``discriminators()`` are the modules trained by the hinge losses (D^I includes W, Eq. 7). A renderer
+    fine-tuned to one person has ``embedder = None`` (its generator's normalisation holds the person).
     """
 
     def __init__(self, cfg: RendererConfig, num_identities: int):
@@ -87,9 +87,6 @@ class VideoRenderer(nn.Module):
         self.image_discriminator = ImageDiscriminator(image_cfg)
         self.mouth_discriminator = MouthDiscriminator(cfg.mouth_discriminator)
         self.temporal_discriminator = TemporalDiscriminator(cfg.temporal_discriminator)
-
-    def generator_side(self) -> list[nn.Module]:
-        return [self.generator, self.embedder]
 
     def discriminators(self) -> list[nn.Module]:
         return [self.image_discriminator, self.mouth_discriminator, self.temporal_discriminator]

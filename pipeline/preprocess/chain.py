@@ -118,6 +118,7 @@ def new_row(source: VideoSource) -> Row:
         source_video_id=source.video_id,
         identity=source.identity,
         source=storage.redact(source.uri),
+        note=source.note,
     )
     return {ROW_RECORD: unit, ROW_URI: source.uri}
 
@@ -413,13 +414,17 @@ def preprocess_in_process(
 ) -> list[schema.VideoRecord]:
     """Every video of ``input_uri`` (a folder, prefix or manifest) through the chain, one after another in
     this process, then the per-unit table: the job's output without Ray, for a handful of videos (tests,
-    benchmarks, a laptop). Returns the records of this call's units."""
+    benchmarks, a laptop). Videos done with the same config hash are skipped, as the job skips them.
+    Returns the records of this call's units."""
     from pipeline.preprocess.manifest import discover_videos
 
     check_config(cfg)
     renderer = NmfcRenderer(model, cfg.render)
     records: list[schema.VideoRecord] = []
+    done = shard_writer.videos_done(output, config_hash)
     for source in discover_videos(input_uri):
+        if source.video_id in done:
+            continue
         for unit in process_video(source, cfg, output, config_hash, model, renderer):
             records.append(unit)
             log(f"{unit.video_id}: {unit.status} ({unit.kept_frames if unit.ok else unit.reason})")

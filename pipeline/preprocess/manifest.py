@@ -23,11 +23,12 @@ MANIFEST_EXTENSIONS = (".csv", ".parquet")
 
 @dataclass(frozen=True)
 class VideoSource:
-    """One input video: its URI, identity label and stable id."""
+    """One input video: its URI, identity label, stable id, and the manifest's licence or consent note."""
 
     uri: str
     identity: str
     video_id: str
+    note: str = ""
 
 
 def video_id_for(uri: str) -> str:
@@ -51,21 +52,24 @@ def _read_manifest(uri: str) -> list[VideoSource]:
     if schema.MANIFEST_PATH not in table.columns:
         raise ValueError(
             f"--input {storage.redact(uri)}: a manifest needs a '{schema.MANIFEST_PATH}' column (and may "
-            f"have '{schema.MANIFEST_IDENTITY}')"
+            f"have '{schema.MANIFEST_IDENTITY}' and '{schema.MANIFEST_NOTE}')"
         )
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    def column(name: str) -> list:
+        return list(table[name]) if name in table.columns else [None] * len(table)
+
+    def text(value) -> str:
+        return "" if value is None or pd.isna(value) else str(value)
+
     sources = []
-    for path, identity in zip(
-        table[schema.MANIFEST_PATH],
-        table[schema.MANIFEST_IDENTITY] if schema.MANIFEST_IDENTITY in table.columns else [None] * len(table),
+    for path, identity, note in zip(
+        table[schema.MANIFEST_PATH], column(schema.MANIFEST_IDENTITY), column(schema.MANIFEST_NOTE)
     ):
         path = str(path)
         if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) and not path.startswith("/"):
             path = storage.join(base, path)
-        identity = (
-            _stem(path) if identity is None or pd.isna(identity) or str(identity) == "" else str(identity)
-        )
-        sources.append(VideoSource(uri=path, identity=identity, video_id=video_id_for(path)))
+        identity = text(identity) or _stem(path)
+        sources.append(VideoSource(uri=path, identity=identity, video_id=video_id_for(path), note=text(note)))
     return sources
 
 

@@ -88,6 +88,15 @@ def limit_threads(threads: int) -> None:
     retain_freed_memory()
 
 
+def _to_ray(row: dict) -> dict:
+    """A chain row as a Ray Data row: the record as a plain mapping (an Arrow struct column)."""
+    return {**row, chain.ROW_RECORD: row[chain.ROW_RECORD].as_dict()}
+
+
+def _from_ray(row: dict) -> dict:
+    return {**row, chain.ROW_RECORD: schema.VideoRecord.from_dict(row[chain.ROW_RECORD])}
+
+
 class _DecodeLandmarks:
     """Stage 1 actor: decode, face track and crops, then landmarks (detector models loaded once); yields
     one row per unit of the video."""
@@ -98,7 +107,8 @@ class _DecodeLandmarks:
         self.cfg = cfg
 
     def __call__(self, row: dict) -> Iterator[dict]:
-        yield from chain.video_units(row, self.cfg)
+        for unit in chain.video_units(_from_ray(row), self.cfg):
+            yield _to_ray(unit)
 
 
 class _FitRenderWrite:
@@ -117,8 +127,11 @@ class _FitRenderWrite:
         self.cfg, self.output, self.cfg_hash = cfg, output, cfg_hash
 
     def __call__(self, row: dict) -> dict:
+        return self.write(_from_ray(row))
+
+    def write(self, row: dict) -> dict:
         done = chain.fit_render_write(row, self.cfg, self.output, self.cfg_hash, self.model, self.renderer)
-        return {chain.ROW_RECORD: done}
+        return done.as_dict()
 
 
 class _Preprocess:
@@ -131,8 +144,8 @@ class _Preprocess:
         self.cfg = cfg
 
     def __call__(self, row: dict) -> Iterator[dict]:
-        for unit in chain.video_units(row, self.cfg):
-            yield self.fit_render_write(unit)
+        for unit in chain.video_units(_from_ray(row), self.cfg):
+            yield self.fit_render_write.write(unit)
 
 
 def _pool(actors: int, videos: int):
@@ -172,17 +185,7 @@ def plan(
     """(all sources, sources still to do, config hash) for a run over ``input_uri``."""
     sources = discover_videos(input_uri)
     cfg_hash = config_hash(cfg.preprocess)
-    # Done: every unit ok or rejected for a data problem; unexpected errors ("error_<stage>") are retried
-    # (the whole video: its other units are rewritten with the same names and content).
-    by_video: dict[str, list[schema.VideoRecord]] = defaultdict(list)
-    retry: set[str] = set()
-    for r in shard_writer.read_records(output):
-        if r.config_hash == cfg_hash:
-            video = r.source_video_id or r.video_id
-            by_video[video].append(r)
-            if r.retried:
-                retry.add(video)
-    done = {video for video, units in by_video.items() if video not in retry and schema.video_complete(units)}
+    done = shard_writer.videos_done(output, cfg_hash)
     return sources, [s for s in sources if s.video_id not in done], cfg_hash
 
 
@@ -204,7 +207,7 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
         gpu = float(resources.get("GPU", 0)) > 0
         auto_actors = max(1, int(resources.get("CPU", 1)) // 2)
         p = cfg.preprocess
-        items = [chain.new_row(s) for s in todo]
+        items = [_to_ray(chain.new_row(s)) for s in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         writer_args = (p, output, cfg_hash, cfg.ray.threads_per_actor)
         if cfg.ray.stages == "fused":
@@ -233,7 +236,7 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
         units: dict[str, list[schema.VideoRecord]] = defaultdict(list)
         finished = 0
         for row in ds.iter_rows():
-            unit = row[chain.ROW_RECORD]
+            unit = schema.VideoRecord.from_dict(row)
             processed.add(unit.video_id)
             units[unit.source_video_id].append(unit)
             finished += schema.video_complete(units[unit.source_video_id])

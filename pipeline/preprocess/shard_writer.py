@@ -7,7 +7,7 @@ no partial shard visible to readers).
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 
 import cv2
 import numpy as np
@@ -45,6 +45,21 @@ def read_records(output: str) -> list[schema.VideoRecord]:
     uris = storage.list_files(storage.join(output, schema.RECORDS_DIR), [".json"], recursive=False)
     records = (schema.VideoRecord.from_dict(json.loads(storage.read_text(u))) for u in uris)
     return sorted(records, key=lambda r: r.video_id)
+
+
+def videos_done(output: str, cfg_hash: str) -> set[str]:
+    """Ids of the source videos under ``output`` that a run with config hash ``cfg_hash`` need not redo:
+    every unit ok or rejected for a data problem. An unexpected error (``error_<stage>``) in any unit makes
+    the whole video pending again (its other units are rewritten with the same names and content)."""
+    by_video: dict[str, list[schema.VideoRecord]] = defaultdict(list)
+    retry: set[str] = set()
+    for r in read_records(output):
+        if r.config_hash == cfg_hash:
+            video = r.source_video_id or r.video_id
+            by_video[video].append(r)
+            if r.retried:
+                retry.add(video)
+    return {video for video, units in by_video.items() if video not in retry and schema.video_complete(units)}
 
 
 def write_videos_table(output: str, records: list[schema.VideoRecord]) -> None:

@@ -66,10 +66,13 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def renderer(self, device: torch.device | str = "cpu") -> VideoRenderer:
-        """The networks rebuilt with their weights (those the checkpoint holds), on ``device``."""
+        """The networks rebuilt with their weights, on ``device``; networks the checkpoint does not hold keep
+        their initialisation, except E_id, which is then None (a fine-tuned renderer)."""
         nets = VideoRenderer(self.networks_config, max(1, len(self.identities)))
         if self.generator_kind == "instance_norm":
             nets.generator = convert_generator(nets.generator, torch.zeros(self.networks_config.n_f))
+        if "embedder" not in self.networks:  # a fine-tuned renderer needs no E_id
+            nets.embedder = None
         for name, state in self.networks.items():
             getattr(nets, name).load_state_dict(state)
         return nets.to(device)

@@ -213,10 +213,11 @@ def index_shards(
     for video_id, reason in skipped:
         log.warning("training data %s: skipping unit %s: %s", where, video_id, reason)
     if not run_frames:
+        reasons = "; ".join(f"{video_id}: {reason}" for video_id, reason in skipped[:5])
         raise ValueError(
             f"--data {where}: no run of {clip_frames} consecutive frames (data.clip_frames) in "
-            f"{len(ok)} ok units of {schema.VIDEOS_TABLE} ({len(records)} in all); {len(skipped)} skipped, "
-            f"{short_runs} runs shorter than that"
+            f"{len(ok)} ok units of {schema.VIDEOS_TABLE} ({len(records)} in all); {len(skipped)} skipped"
+            f"{f' ({reasons})' if reasons else ''}, {short_runs} runs shorter than that"
         )
     return ClipIndex(
         data_uri=data_uri,
@@ -227,6 +228,33 @@ def index_shards(
         run_first_row=np.asarray(run_first_row, np.int64),
         run_frames=np.asarray(run_frames, np.int64),
         skipped=tuple(skipped),
+        short_runs=short_runs,
+        short_frames=short_frames,
+    )
+
+
+def restrict_rows(index: ClipIndex, rows: dict[int, tuple[int, int]]) -> ClipIndex:
+    """``index`` cut to the row ranges ``rows[unit] = (first, end)`` (end exclusive); runs are cut at the
+    range borders, pieces shorter than T are dropped (counted as short) and units not listed lose their
+    runs (they stay in ``units``, so unit ids keep their meaning)."""
+    T = index.clip_frames
+    run_unit, run_first_row, run_frames = [], [], []
+    short_runs, short_frames = index.short_runs, index.short_frames
+    for u, first, frames in zip(index.run_unit, index.run_first_row, index.run_frames):
+        lo, hi = rows.get(int(u), (0, 0))
+        a, b = max(int(first), lo), min(int(first + frames), hi)
+        if b - a >= T:
+            run_unit.append(int(u))
+            run_first_row.append(a)
+            run_frames.append(b - a)
+        elif b > a:
+            short_runs += 1
+            short_frames += b - a
+    return dataclasses.replace(
+        index,
+        run_unit=np.asarray(run_unit, np.int64),
+        run_first_row=np.asarray(run_first_row, np.int64),
+        run_frames=np.asarray(run_frames, np.int64),
         short_runs=short_runs,
         short_frames=short_frames,
     )

@@ -311,8 +311,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return table, frames
 
     def _read(self, sample: int) -> dict[str, torch.Tensor]:
+        return self.read_clip(*self.window(sample), sample=sample)
+
+    def read_clip(self, unit_id: int, first_row: int, sample: int = 0) -> dict[str, torch.Tensor]:
+        """The clip of T frames from ``first_row`` of unit ``unit_id`` (a window of one of its runs) with
+        identity frames drawn by (seed, ``sample``): the sample dict. Raises ``_UnreadableUnit``."""
         cfg = self.config
-        unit_id, first_row = self.window(sample)
         unit = self.index.units[unit_id]
         rows = np.arange(first_row, first_row + cfg.clip_frames)
         table, frames = self._read_unit(unit_id, rows, clip=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from pipeline.train.checkpoint import (
     save_checkpoint,
 )
 from pipeline.train.clip_index import vocabulary_to_json
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import StabilityConfig, TrainConfig
 from pipeline.train.step import TrainStep, broadcast_parameters, loss_stage, world_size
 
 IDENTITIES_FILE = "identities.json"
@@ -111,18 +110,6 @@ def parameters_in_sync(module: torch.nn.Module, device: torch.device) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def _log_file(tracker: Tracker | NullTracker, uri: str, artifact_path: str) -> None:
-    """Logs a file of the run folder (local or S3) as an MLflow artifact."""
-    if storage.is_local(uri):
-        tracker.log_artifact(storage.normalise(uri), artifact_path)
-        return
-    with tempfile.TemporaryDirectory(prefix="h2h-artifact-") as folder:
-        local = os.path.join(folder, uri.rsplit("/", 1)[-1])
-        with open(local, "wb") as f:
-            f.write(storage.read_bytes(uri))
-        tracker.log_artifact(local, artifact_path)
-
-
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -172,8 +159,8 @@ def preview_batch(dataset: data.ClipDataset, clips: int) -> dict:
 class _Monitor:
     """Running means of the step metrics between log lines, throughput and the D-collapse watch."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, stability: StabilityConfig) -> None:
+        self.stability = stability
         self.sums: dict[str, float] = defaultdict(float)
         self.count = 0
         self.frames = 0.0
@@ -203,11 +190,129 @@ class _Monitor:
         for key, value in means.items():
             if not key.startswith("loss_d/"):
                 continue
-            self.low_d[key] = self.low_d[key] + 1 if value < self.cfg.stability.d_collapse_loss else 0
-            if self.low_d[key] >= self.cfg.stability.d_collapse_steps and key not in self.warned:
+            self.low_d[key] = self.low_d[key] + 1 if value < self.stability.d_collapse_loss else 0
+            if self.low_d[key] >= self.stability.d_collapse_steps and key not in self.warned:
                 self.warned.add(key)
                 found.append(key.split("/", 1)[1])
         return found
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many steps and what happens when: every ``*_every`` is in steps (0: never); the last step
+    always logs, evaluates and checkpoints."""
+
+    total_steps: int
+    batch_size: int
+    log_every: int
+    checkpoint_every: int
+    preview_every: int = 0
+    eval_every: int = 0
+
+
+def run_steps(
+    trainer: TrainStep,
+    dataset: data.ClipDataset,
+    plan: StepPlan,
+    step: int,
+    samples_seen: int,
+    stability: StabilityConfig,
+    ctx: WorkerContext,
+    tracker: Tracker | NullTracker,
+    save: Callable[[int, int], None],
+    restore: Callable[[], Checkpoint | None],
+    preview: Callable[[int], object] | None = None,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+) -> tuple[int, int, dict[str, float]]:
+    """Steps ``trainer`` from ``step`` to ``plan.total_steps`` on ``dataset`` (from global sample
+    ``samples_seen``) with the guards, the log, the previews, the evaluations and the checkpoints
+    (``save(step, samples_seen)``); ``restore()`` gives the checkpoint to roll back to. The loop of
+    meta-learning and of fine-tuning alike. Returns (step, samples_seen, the last logged metrics)."""
+    log = ctx.log if ctx.rank == 0 else (lambda message: None)
+    device, nets = ctx.device, trainer.nets
+    monitor, last = _Monitor(stability), {}
+    bad_steps, rollbacks = 0, 0
+    per_step = plan.batch_size * ctx.world_size
+    epoch_samples = max(dataset.epoch_samples, 1)
+    nets.train()
+    loader = data.make_loader(dataset, plan.batch_size, ctx.rank, ctx.world_size, samples_seen)
+    batches = iter(loader)
+    run_start, start_step = time.perf_counter(), step
+    while step < plan.total_steps:
+        _maybe_fail(step, ctx.rank)
+        batch = _to_device(next(batches), device)
+        metrics = trainer(batch, step)
+        metrics["data/bad_reads"] = float(batch[data.BAD_READS].sum())  # shards that failed mid-run
+        samples_seen += per_step
+        step += 1
+        monitor.add(metrics)
+        final = step == plan.total_steps
+
+        # Guard: skipped steps (non-finite gradients) in a row roll the networks back.
+        bad_steps = bad_steps + 1 if metrics["skipped"] else 0
+        if bad_steps >= stability.max_bad_steps:
+            rollbacks += 1
+            restored = restore()
+            if restored is None or rollbacks > stability.max_rollbacks:
+                raise RuntimeError(
+                    f"step {step}: {bad_steps} steps in a row with non-finite gradients"
+                    + ("" if restored else " and no checkpoint to roll back to")
+                    + f" ({rollbacks} rollbacks); lower the learning rates or enable stability options"
+                )
+            for name, state in restored.networks.items():
+                getattr(nets, name).load_state_dict(state)
+            trainer.load_state_dict(restored.optimizers)
+            log(f"warning: rolled back to step {restored.step} after {bad_steps} non-finite steps")
+            bad_steps = 0
+
+        # Evaluate.
+        scores: dict[str, float] = {}
+        if evaluate is not None and (final or (plan.eval_every and step % plan.eval_every == 0)):
+            scores = evaluate(step)
+            tracker.log_metrics(scores, step)
+
+        # Report status.
+        if final or step % plan.log_every == 0:
+            means, rate = monitor.flush()
+            means = _mean_over_workers(means, device)
+            stage = loss_stage(step - 1, trainer.loss, trainer.schedule)
+            elapsed = time.perf_counter() - run_start
+            eta_s = elapsed / max(step - start_step, 1) * (plan.total_steps - step)
+            last = {
+                **means,
+                **scores,
+                "frames_per_s_per_worker": rate,
+                "epoch": samples_seen / epoch_samples,
+                "lr/generator": trainer.optimizer_g.param_groups[0]["lr"],
+                "lr/discriminator": trainer.optimizer_d.param_groups[0]["lr"],
+            }
+            tracker.log_metrics(last, step)
+            ctx.report({**last, "step": step})
+            losses = " ".join(
+                f"{k.replace('loss_d/', 'D_').replace('loss/', '')}={v:.3f}"
+                for k, v in sorted(means.items())
+                if k.startswith("loss")
+            )
+            log(
+                f"step {step}/{plan.total_steps} epoch {last['epoch']:.2f} "
+                f"[{'adversarial' if stage.adversarial else 'reconstruction'}"
+                f"{'+temporal' if stage.temporal else ''}] {losses} "
+                f"l1_masked={means.get('l1_masked', math.nan):.3f} {rate:.1f} frames/s/worker "
+                f"ETA {eta_s / 60:.1f} min"
+            )
+            for name in monitor.collapsed(means):
+                log(
+                    f"warning: the {name} discriminator's loss stayed below {stability.d_collapse_loss} "
+                    f"for {stability.d_collapse_steps} log intervals: it is winning and G gets little "
+                    "gradient (try spectral norm, a lower discriminator learning rate or a longer warm-up)"
+                )
+
+        # Save previews and checkpoints.
+        if preview is not None and plan.preview_every and step % plan.preview_every == 0 and not final:
+            preview(step)
+        if final or step % plan.checkpoint_every == 0:
+            save(step, samples_seen)
+    return step, samples_seen, last
 
 
 def train(
@@ -261,11 +366,11 @@ def train(
     log(f"{'resuming' if resumed else 'starting'} at step {step}/{cfg.run.steps}, {ctx.world_size} worker(s)")
     preview = _to_device(preview_batch(dataset, cfg.run.preview_clips), device)
 
-    def checkpoint(at_step: int) -> Checkpoint:
+    def checkpoint(at_step: int, at_samples: int) -> Checkpoint:
         return Checkpoint(
             kind="train",
             step=at_step,
-            samples_seen=samples_seen,
+            samples_seen=at_samples,
             networks={name: getattr(nets, name).state_dict() for name in _NETWORK_NAMES},
             networks_config=cfg.networks,
             generator_kind="adain",
@@ -276,12 +381,12 @@ def train(
             provenance=provenance or {},
         )
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, at_samples: int) -> None:
         # The workers' copies must agree before one of them is saved for all.
         if not parameters_in_sync(nets, device):
             raise RuntimeError(f"step {at_step}: the workers' parameters differ; gradients were not averaged")
         if ctx.rank == 0:
-            save_checkpoint(checkpoint_uri(run_dir, at_step), checkpoint(at_step))
+            save_checkpoint(checkpoint_uri(run_dir, at_step), checkpoint(at_step, at_samples))
             log(f"checkpoint at step {at_step} ({ctx.world_size} worker(s) in sync)")
         if world_size() > 1:
             dist.barrier()
@@ -297,80 +402,17 @@ def train(
         return frames
 
     # Train: one G / E_id update and one D update per step.
-    monitor, last = _Monitor(cfg), {}
-    bad_steps, rollbacks = 0, 0
-    per_step = cfg.run.batch_size * ctx.world_size
-    epoch_samples = max(index.epoch_samples, 1)
-    nets.train()
-    loader = data.make_loader(dataset, cfg.run.batch_size, ctx.rank, ctx.world_size, samples_seen)
-    batches = iter(loader)
-    run_start, start_step = time.perf_counter(), step
-    while step < cfg.run.steps:
-        _maybe_fail(step, ctx.rank)
-        batch = _to_device(next(batches), device)
-        metrics = trainer(batch, step)
-        metrics["data/bad_reads"] = float(batch[data.BAD_READS].sum())  # shards that failed mid-run
-        samples_seen += per_step
-        step += 1
-        monitor.add(metrics)
-
-        # Guard: skipped steps (non-finite gradients) in a row roll the networks back.
-        bad_steps = bad_steps + 1 if metrics["skipped"] else 0
-        if bad_steps >= cfg.stability.max_bad_steps:
-            rollbacks += 1
-            restored = latest_checkpoint(run_dir, log)
-            if restored is None or rollbacks > cfg.stability.max_rollbacks:
-                raise RuntimeError(
-                    f"step {step}: {bad_steps} steps in a row with non-finite gradients"
-                    + ("" if restored else " and no checkpoint to roll back to")
-                    + f" ({rollbacks} rollbacks); lower the learning rates or enable stability options"
-                )
-            for name, state in restored.networks.items():
-                getattr(nets, name).load_state_dict(state)
-            trainer.load_state_dict(restored.optimizers)
-            log(f"warning: rolled back to step {restored.step} after {bad_steps} non-finite steps")
-            bad_steps = 0
-
-        # Report status.
-        if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-            means, rate = monitor.flush()
-            means = _mean_over_workers(means, device)
-            stage = loss_stage(step - 1, cfg.loss, cfg.schedule)
-            elapsed = time.perf_counter() - run_start
-            eta_s = elapsed / max(step - start_step, 1) * (cfg.run.steps - step)
-            last = {
-                **means,
-                "frames_per_s_per_worker": rate,
-                "epoch": samples_seen / epoch_samples,
-                "lr/generator": trainer.optimizer_g.param_groups[0]["lr"],
-                "lr/discriminator": trainer.optimizer_d.param_groups[0]["lr"],
-            }
-            tracker.log_metrics(last, step)
-            ctx.report({**last, "step": step})
-            losses = " ".join(
-                f"{k.replace('loss_d/', 'D_').replace('loss/', '')}={v:.3f}"
-                for k, v in sorted(means.items())
-                if k.startswith("loss")
-            )
-            log(
-                f"step {step}/{cfg.run.steps} epoch {last['epoch']:.2f} "
-                f"[{'adversarial' if stage.adversarial else 'reconstruction'}"
-                f"{'+temporal' if stage.temporal else ''}] {losses} "
-                f"l1_masked={means.get('l1_masked', math.nan):.3f} {rate:.1f} frames/s/worker "
-                f"ETA {eta_s / 60:.1f} min"
-            )
-            for name in monitor.collapsed(means):
-                log(
-                    f"warning: the {name} discriminator's loss stayed below {cfg.stability.d_collapse_loss} "
-                    f"for {cfg.stability.d_collapse_steps} log intervals: it is winning and G gets little "
-                    "gradient (try spectral norm, a lower discriminator learning rate or a longer warm-up)"
-                )
-
-        # Save previews and checkpoints.
-        if step % cfg.run.preview_every == 0 and step < cfg.run.steps:
-            write_preview(step)
-        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
-            save(step)
+    plan = StepPlan(
+        total_steps=cfg.run.steps,
+        batch_size=cfg.run.batch_size,
+        log_every=cfg.run.log_every,
+        checkpoint_every=cfg.run.checkpoint_every,
+        preview_every=cfg.run.preview_every,
+    )
+    step, samples_seen, last = run_steps(
+        trainer, dataset, plan, step, samples_seen, cfg.stability, ctx, tracker,
+        save=save, restore=lambda: latest_checkpoint(run_dir, log), preview=write_preview,
+    )  # fmt: skip
 
     # The end: last preview, the preview clips as a video, the final checkpoint as an artifact.
     frames = write_preview(step)
@@ -378,10 +420,10 @@ def train(
         if cfg.run.video_frames > 0:
             video = storage.join(run_dir, SAMPLES_VIDEO)
             media.write_mp4(video, frames[: cfg.run.video_frames], fps=25.0)
-            _log_file(tracker, video, "videos")
+            tracker.log_artifact_uri(video, "videos")
         final = checkpoint_uri(run_dir, step)
         if storage.exists(final):
-            _log_file(tracker, final, "checkpoints")
+            tracker.log_artifact_uri(final, "checkpoints")
     return last
 
 

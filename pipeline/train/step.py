@@ -136,15 +136,13 @@ class TrainStep:
         self.vgg = vgg if loss.lambda_vgg > 0 else None
         self.autocast_dtype = autocast_dtype
         self.g_params = list(networks.generator.parameters())
-        self.e_params = list(networks.embedder.parameters())
+        # A fine-tuned renderer has no E_id: its generator's normalisation holds the person (section 3.4).
+        self.e_params = [] if networks.embedder is None else list(networks.embedder.parameters())
         self.d_params = [p for d in networks.discriminators() for p in d.parameters()]
-        self.optimizer_g = torch.optim.Adam(
-            [
-                {"params": self.g_params, "lr": optim.lr_generator},
-                {"params": self.e_params, "lr": optim.lr_embedder},
-            ],
-            betas=optim.betas,
-        )
+        groups = [{"params": self.g_params, "lr": optim.lr_generator}]
+        if self.e_params:
+            groups.append({"params": self.e_params, "lr": optim.lr_embedder})
+        self.optimizer_g = torch.optim.Adam(groups, betas=optim.betas)
         self.optimizer_d = torch.optim.Adam(self.d_params, lr=optim.lr_discriminator, betas=optim.betas)
 
     def _autocast(self, device: torch.device):
@@ -152,13 +150,15 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.autocast_dtype)
 
-    def generate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h (B, n_f), and the clip synthesised sequentially: frames (B, T, 3, H, W), masks (B, T, 1, H, W),
-        float32."""
+    def generate(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """h (B, n_f) (None for a fine-tuned renderer), and the clip synthesised sequentially: frames
+        (B, T, 3, H, W), masks (B, T, 1, H, W), float32."""
         with self._autocast(batch[data.RGB].device):
-            h = self.nets.embedder(batch[data.ID_RGB], batch[data.ID_MASK])
+            h = None
+            if self.nets.embedder is not None:
+                h = self.nets.embedder(batch[data.ID_RGB], batch[data.ID_MASK]).float()
             out = generate_sequence(self.nets.generator, batch[data.NMFC], h, detach_prev=True)
-        return h.float(), out.frame.float(), out.mask.float()
+        return h, out.frame.float(), out.mask.float()
 
     def _temporal_inputs(
         self, frames: torch.Tensor, flow: torch.Tensor
@@ -191,9 +191,9 @@ class TrainStep:
         if self.vgg is not None:
             with self._autocast(device):
                 terms["vgg"] = self.vgg(fake_f, real_f).float()
-        # Eq. (8) against the detached row w_i: W learns from D^I's hinge loss only.
-        w_i = self.nets.image_discriminator.projection.W[ids].detach()
-        terms["mch"] = embedding_matching_loss(h, w_i)
+        if h is not None:  # Eq. (8) against the detached row w_i: W learns from D^I's hinge loss only
+            w_i = self.nets.image_discriminator.projection.W[ids].detach()
+            terms["mch"] = embedding_matching_loss(h, w_i)
         if stage.adversarial:
             with self._autocast(device):
                 fake_i = _scores_float(self.nets.image_discriminator(fake_f, nmfc_f, ids_t))
@@ -219,7 +219,7 @@ class TrainStep:
         objectives = split_objective(self.loss, self.objective, terms)
         same = set(self.objective.generator_terms) == set(self.objective.embedder_terms)
         params = self.g_params + self.e_params
-        if same:
+        if same or not self.e_params:
             grads = torch.autograd.grad(objectives.generator, params, allow_unused=True)
         else:
             grads_g = torch.autograd.grad(
@@ -274,7 +274,8 @@ class TrainStep:
         metrics = {f"loss/{k}": float(v.detach()) for k, v in objectives.weighted.items()}
         metrics.update({f"loss_d/{k}": float(v.detach()) for k, v in d_terms.items()})
         metrics["loss/generator_total"] = float(objectives.generator.detach())
-        metrics["loss/embedder_total"] = float(objectives.embedder.detach())
+        if self.e_params:
+            metrics["loss/embedder_total"] = float(objectives.embedder.detach())
         with torch.no_grad():
             metrics["l1_masked"] = float(masked_l1_loss(fake_f, real_f, mask_f))
         metrics["skipped"] = float(skipped)

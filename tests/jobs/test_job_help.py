@@ -49,6 +49,8 @@ REQUIRED_ARGS = {
     "preprocess": ["--input", "unused", "--output", "unused"],
     "reconstruct": ["unused.mp4"],
     "train": ["--data", "unused", "--run-name", "unused"],
+    "finetune": ["--init", "unused", "--data", "unused"],
+    "forget": ["--identity", "unused"],
 }
 
 
