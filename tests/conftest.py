@@ -194,7 +194,8 @@ def mlflow_server(s3_server, tmp_path_factory):
 
     Clients reach the artifacts through the server (``mlflow-artifacts:/`` URIs), so they need no S3
     credentials; the server gets the moto environment. Yields a namespace: ``uri`` (http://127.0.0.1:P),
-    ``bucket`` (the bucket's name), ``s3_env`` (the moto environment, to list the bucket with boto3).
+    ``bucket`` (the bucket's name), ``s3_env`` (the moto environment, to list the bucket with boto3),
+    ``backend_store_uri`` (its database, for ``mlflow gc``).
     """
     import os
     import signal
@@ -244,7 +245,9 @@ def mlflow_server(s3_server, tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 raise RuntimeError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}") from None
             time.sleep(0.3)
-    yield types.SimpleNamespace(uri=uri, bucket=bucket, s3_env=dict(s3_server))
+    yield types.SimpleNamespace(
+        uri=uri, bucket=bucket, s3_env=dict(s3_server), backend_store_uri=f"sqlite:///{folder}/mlflow.db"
+    )
     # The CLI process runs uvicorn as a child: stop the session it leads (this server's processes only).
     os.killpg(proc.pid, signal.SIGTERM)
     try:

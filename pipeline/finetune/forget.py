@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from infra import storage
-from infra.tracking import TrackingConfig, delete_run, find_runs
+from infra.tracking import TrackingConfig, delete_run, find_runs, resolve_tracking_uri
 from pipeline import schema
 from pipeline.finetune.person_model import IDENTITY_TAG, TABLE_COLUMNS, TABLE_FILE, PersonStatus, person_dir
 from pipeline.preprocess import shard_writer
@@ -104,11 +105,16 @@ def forget_tracking(
         if delete_run(config, run_id, default_uri=default_uri, log=log):
             report.runs.append(run_id)
     if runs and backend_store_uri:
-        # MLflow's clients can only mark runs deleted; ``mlflow gc`` on the store removes their rows.
+        # MLflow's clients can only mark runs deleted; ``mlflow gc`` on the store removes their rows (it
+        # resolves proxied artifact URIs through the tracking server named in its environment).
+        env = dict(os.environ)
+        server = resolve_tracking_uri(config, default_uri)
+        if server:
+            env["MLFLOW_TRACKING_URI"] = server
         subprocess.run(
             [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", backend_store_uri,
              "--run-ids", ",".join(runs)],
-            check=True, capture_output=True, timeout=300,
+            check=True, capture_output=True, timeout=300, env=env,
         )  # fmt: skip
 
 

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
+import boto3
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 from pipeline.finetune.person_model import IDENTITY_TAG, load_person_model, person_model_uri, read_status
 from pipeline.train.checkpoint import list_checkpoints
@@ -57,6 +59,32 @@ def test_a_batch_on_ray_tune_with_a_parent_run_and_a_child_run_per_person(
             a.path for a in client.list_artifacts(child.info.run_id, "person")
         }
         assert client.get_metric_history(child.info.run_id, "holdout_masked_l1")
+
+    # Forget one person: nothing of them is left in the fine-tuning storage, the tracking server or S3.
+    forgotten = next(c for c in children if c.data.tags[IDENTITY_TAG] == PEOPLE[0])
+    gone = subprocess.run(
+        [sys.executable, "-m", "jobs.forget", "--identity", PEOPLE[0], "--finetune", str(out),
+         "--backend-store-uri", mlflow_server.backend_store_uri,
+         "--set", f"tracking.tracking_uri={mlflow_server.uri}"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert [str(p) for p in out.rglob("*") if PEOPLE[0] in str(p)] == []
+    assert PEOPLE[0] not in (out / "finetune.csv").read_text()
+    everywhere = client.search_runs([experiment], run_view_type=ViewType.ALL)
+    assert forgotten.info.run_id not in {r.info.run_id for r in everywhere}
+    assert all(r.data.tags.get(IDENTITY_TAG) != PEOPLE[0] for r in everywhere)
+    s3 = boto3.client("s3", endpoint_url=mlflow_server.s3_env["AWS_ENDPOINT_URL_S3"], **_keys(mlflow_server))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=mlflow_server.bucket).get("Contents", [])]
+    assert keys and not any(forgotten.info.run_id in k for k in keys)
+
+
+def _keys(server) -> dict:
+    return {
+        "aws_access_key_id": server.s3_env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": server.s3_env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": server.s3_env["AWS_DEFAULT_REGION"],
+    }
 
 
 def test_an_overnight_batch_killed_midway_resumes(tiny_trained_run, new_people_shards, tmp_path):
