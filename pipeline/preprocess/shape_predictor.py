@@ -36,8 +36,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from infra.fetch import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV: the variable cache_root reads)
+
 FLOAT_SPECIAL_EXPONENT = 32000  # dlib marks inf / -inf / nan with exponents 32000-32002
-CACHE_ENV = "HEAD2HEAD_CACHE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,16 +213,14 @@ def _read_sizes(data: np.ndarray) -> tuple[int, int, int, int, int]:
 
 
 def cache_folder(path: str | Path) -> Path:
-    """Where the arrays of the model file ``path`` are kept after its first parse: under
-    $HEAD2HEAD_CACHE, else $XDG_CACHE_HOME/head2head or ~/.cache/head2head, in a folder named after the
-    file's stem and a hash of its absolute path, size and modification time."""
+    """Where the arrays of the model file ``path`` are kept after its first parse: under the project's
+    cache folder (``infra.fetch.cache_root``: $HEAD2HEAD_CACHE, else $XDG_CACHE_HOME/head2head or
+    ~/.cache/head2head), in a folder named after the file's stem and a hash of its absolute path, size
+    and modification time."""
     path = Path(path).resolve()
     stat = path.stat()
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "head2head"
-    return Path(root) / "shape_predictor" / f"{path.stem}-{key}"
+    return cache_root() / "shape_predictor" / f"{path.stem}-{key}"
 
 
 @functools.lru_cache(maxsize=2)
