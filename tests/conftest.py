@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# OpenCV before any test module imports decord: decord's libraries bring their own zlib, and if they load
+# first, OpenCV's PNG codec binds to it and fails to decode ("libpng error: bad parameters to zlib").
+import cv2  # noqa: F401
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,6 +120,25 @@ def tiny_trained_run(tiny_shards, tmp_path_factory):
     run_dir = resolved_run_dir(cfg, "tiny")
     train(cfg, tiny_shards, run_dir)
     return run_dir, cfg
+
+
+# The tiny person (``tiny_person``): NEW_PEOPLE's TINY_PERSON fine-tuned from ``tiny_trained_run`` with
+# tests/pipeline/finetune/finetune_inputs.py's settings, in this process.
+TINY_PERSON = "liveportrait_d3"
+
+
+@pytest.fixture(scope="session")
+def tiny_person(tiny_trained_run, new_people_shards, tmp_path_factory):
+    """(fine-tuning storage path, identity, status) of a person fine-tuned for the reenactment tests."""
+    from pipeline.finetune.loop import finetune_person
+    from tests.pipeline.finetune.finetune_inputs import finetune_config, init_checkpoint
+
+    storage_path = str(tmp_path_factory.mktemp("people"))
+    status = finetune_person(
+        finetune_config(storage_path), init_checkpoint(tiny_trained_run[0]), new_people_shards, TINY_PERSON
+    )
+    assert status.ok, status
+    return storage_path, TINY_PERSON, status
 
 
 def free_port() -> int:

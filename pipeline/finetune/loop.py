@@ -209,6 +209,7 @@ def _finetune(
     keep_best = cfg.budget.keep == "best"
     kept = load_checkpoint(storage.join(folder, BEST_FILE)) if keep_best else checkpoint(step, 0)
     info = {
+        "image_px": data_cfg.image_px,
         "init": storage.redact(init_uri),
         "data": storage.redact(data_uri),
         "train_frames": person.train_frames,

@@ -123,8 +123,9 @@ class PersonStatistics:
     expression_low / expression_high (N_exp,) float32: 1st and 99th percentiles of each coefficient;
     background (S, S, 3) uint8: the mean of the training crops where the mask says background (the mean
     background colour where it is never seen); key_frame (S, S, 3) uint8 and key_mask (S, S) uint8: the
-    middle training frame and its foreground mask; sources: (video id, redacted source, licence or
-    consent note, frames) of each unit.
+    middle training frame and its foreground mask; cameras (N, 7) float32: the training frames' cameras
+    (``model/face3d/camera.py``) in the crops' pixels, crop_px S, for expression-only reenactment and pose
+    adaptation; sources: (video id, redacted source, licence or consent note, frames) of each unit.
     """
 
     identity_coefficients: torch.Tensor
@@ -134,6 +135,8 @@ class PersonStatistics:
     background: torch.Tensor
     key_frame: torch.Tensor
     key_mask: torch.Tensor
+    cameras: torch.Tensor
+    crop_px: int
     sources: tuple[tuple[str, str, str, int], ...]
 
 
@@ -186,6 +189,8 @@ def person_statistics(person: PersonData) -> PersonStatistics:
         background=torch.from_numpy(background),
         key_frame=torch.from_numpy(key[0]),
         key_mask=torch.from_numpy(key[1]),
+        cameras=torch.from_numpy(camera.astype(np.float32)),
+        crop_px=int(background.shape[0]),
         sources=tuple((r.video_id, r.source, r.note, r.kept_frames) for r in person.records),
     )
 

@@ -74,6 +74,8 @@ def _load_image(path: Path) -> np.ndarray:
 
 
 def _open_video(path: Path, num_threads: int):
+    # decord brings its own zlib; cv2, imported at the top of this module, must be loaded first or OpenCV's
+    # PNG codec binds to decord's zlib and cannot decode PNGs ("libpng error: bad parameters to zlib").
     import decord
 
     try:

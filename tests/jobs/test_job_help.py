@@ -51,6 +51,7 @@ REQUIRED_ARGS = {
     "train": ["--data", "unused", "--run-name", "unused"],
     "finetune": ["--init", "unused", "--data", "unused"],
     "forget": ["--identity", "unused"],
+    "reenact": ["--source", "unused.mp4", "--target", "unused", "--out", "unused.mp4"],
 }
 
 

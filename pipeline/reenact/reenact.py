@@ -1,0 +1,239 @@
+"""Reenactment of one source video onto one person (paper section 3.2): the batch path.
+
+1. The source video is reconstructed with the preprocessing's own code (``reconstruct_video``: track,
+   crops, 68 landmarks, the per-video 3DMM fit): its expressions and cameras per frame.
+2. Its expressions drive the person's 3DMM identity; its head pose is carried over to the person's framing
+   (``conditioning.adapt_pose``), or the person's own head poses are kept (``mode: expression``); NMFC
+   images are rendered at the person's generator size.
+3. The person's generator synthesises the frames one after another (``synthesis.StreamingSynthesizer``, in
+   chunks whose state carries over: no seam), and its foreground is composited over the chosen background:
+   the person's mean background, an image, or a colour.
+4. The result is written as an H.264 mp4 with the source's audio, marked as synthetic in the file's
+   metadata (tool, version, person model, source) and, unless switched off, with a visible mark; optionally
+   side by side with the source crop and the NMFC images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+
+from infra import storage
+from model.face3d.camera import SCALE, TX, TY
+from model.face3d.loader import load_morphable_model
+from pipeline import media
+from pipeline.finetune.person_model import PersonModel, load_person_model
+from pipeline.preprocess.chain import LocalCopy
+from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
+from pipeline.preprocess.reconstruct import ReconstructConfig, reconstruct_video
+from pipeline.reenact.conditioning import FaceParams, PoseAdaptConfig, reenactment_parameters
+from pipeline.reenact.synthesis import StreamingSynthesizer
+
+WATERMARK = "SYNTHETIC"
+
+
+@dataclass(frozen=True)
+class ReenactConfig:
+    """How a source drives a person.
+
+    mode: ``full`` carries the source's head pose over (adapted to the person's framing), ``expression``
+        keeps the person's own head poses (their training frames', played forwards and backwards).
+    background: ``target`` (the person's mean background), a colour name or ``#rrggbb``, or an image URI.
+    side_by_side: write source crop | NMFC | result side by side.
+    output_px: side of the written frames (the generator's frames are resized to it).
+    chunk_frames: frames rendered and synthesised per chunk (bounds memory; the output is the same).
+    watermark: draw a visible "SYNTHETIC" mark in a corner (the file's metadata says so either way).
+    precision: ``bf16`` autocasts the generator on CUDA.
+    """
+
+    mode: Literal["full", "expression"] = "full"
+    background: str = "target"
+    side_by_side: bool = False
+    output_px: int = 256
+    chunk_frames: int = 64
+    watermark: bool = True
+    precision: Literal["bf16", "fp32"] = "bf16"
+    source: ReconstructConfig = field(default_factory=ReconstructConfig)
+    pose: PoseAdaptConfig = field(default_factory=PoseAdaptConfig)
+
+
+_COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "green": (0, 177, 64), "grey": (128, 128, 128)}
+
+
+def background_image(spec: str, person: PersonModel, size: int) -> np.ndarray:
+    """The background (size, size, 3) uint8 RGB: ``target``, a colour name, ``#rrggbb`` or an image URI."""
+    if spec == "target":
+        image = person.statistics.background.numpy()
+    elif spec in _COLOURS or re.fullmatch(r"#[0-9a-fA-F]{6}", spec):
+        rgb = _COLOURS.get(spec) or tuple(int(spec[i : i + 2], 16) for i in (1, 3, 5))
+        return np.broadcast_to(np.asarray(rgb, np.uint8), (size, size, 3)).copy()
+    else:
+        data = np.frombuffer(storage.read_bytes(spec), np.uint8)
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise ValueError(
+                f"--background {storage.redact(spec)}: not an image (or use target, a colour, #rrggbb)"
+            )
+        image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _to_person_pixels(camera: torch.Tensor, from_px: int, to_px: int) -> torch.Tensor:
+    """Cameras (T, 7) of crops of ``from_px`` pixels to crops of ``to_px`` (camera.py's pixel centres)."""
+    ratio = to_px / from_px
+    out = camera.clone()
+    out[:, SCALE] *= ratio
+    out[:, [TX, TY]] = (out[:, [TX, TY]] + 0.5) * ratio - 0.5
+    return out
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def mark(image: np.ndarray) -> np.ndarray:
+    """The visible synthetic mark, bottom right: image (H, W, 3) uint8 -> a marked copy."""
+    out = np.ascontiguousarray(image).copy()
+    scale = max(out.shape[0] / 512, 0.35)
+    (w, h), _ = cv2.getTextSize(WATERMARK, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    origin = (out.shape[1] - w - 4, out.shape[0] - 4)
+    cv2.putText(out, WATERMARK, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, WATERMARK, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    del h
+    return out
+
+
+def provenance_metadata(person_uri: str, source_uri: str, cfg: ReenactConfig) -> dict[str, str]:
+    """The container metadata that marks an output as synthetic."""
+    try:
+        version = metadata.version("head2head")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "title": "synthetic video (head reenactment)",
+        "comment": f"SYNTHETIC: generated by head2head {version}; not a recording of the person shown",
+        "synthetic": "true",
+        "tool": f"head2head {version}",
+        "target_model": storage.redact(person_uri),
+        "source": storage.redact(source_uri),
+        "mode": cfg.mode,
+    }
+
+
+def reenact(
+    source_uri: str,
+    person_uri: str,
+    out_uri: str,
+    cfg: ReenactConfig = ReenactConfig(),
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Writes the person in ``person_uri`` driven by the video ``source_uri`` to ``out_uri`` (mp4); returns
+    a summary (frames, fps, synthesis frames/s, seconds per stage)."""
+    device = torch.device(device)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    person = load_person_model(person_uri, device)
+    model = load_morphable_model(cfg.source.model.path)
+    with LocalCopy(source_uri) as source_path:
+        recon = reconstruct_video(source_path, model, cfg.source)
+        seconds.update(recon.seconds)
+
+        # Condition: the person's identity, the source's expressions, the adapted pose, at the person's size.
+        size = int(person.info["image_px"])
+        stats = person.statistics
+        target = FaceParams(
+            identity=stats.identity_coefficients,
+            expression=torch.zeros(len(stats.cameras), model.n_expression),
+            camera=stats.cameras.double(),
+        )
+        source = FaceParams(
+            identity=torch.tensor(recon.fit.identity),
+            expression=torch.tensor(recon.fit.expression),
+            camera=torch.tensor(recon.fit.camera).double(),
+        )
+        source_px = recon.landmarks.crop_size
+        # Pose adaptation works in the person's crop pixels; the source's cameras are scaled to them first.
+        source = source._replace(camera=_to_person_pixels(source.camera, source_px, stats.crop_px))
+        pose_mode = "target_pose" if cfg.mode == "expression" else "source_pose"
+        pose = dataclasses.replace(cfg.pose, mode=pose_mode)
+        # The pose is adapted over the whole source at once (its smoothing sees every frame).
+        params = reenactment_parameters(target, source, pose)
+        renderer = NmfcRenderer(model, NmfcConfig(image_size=(size, size)), device=device)
+        autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+        synthesizer = StreamingSynthesizer(person.generator, autocast)
+        background = torch.from_numpy(background_image(cfg.background, person, size)).permute(2, 0, 1)
+        background = background.float().to(device) / 127.5 - 1
+
+        t_render = t_synth = 0.0
+        frames: list[np.ndarray] = []
+        crops = _source_crops(source_path, recon, cfg) if cfg.side_by_side else None
+        for first in range(0, len(params.expression), cfg.chunk_frames):
+            chunk = slice(first, first + cfg.chunk_frames)
+            t0 = time.perf_counter()
+            camera = _to_person_pixels(params.camera[chunk].double(), stats.crop_px, size).float()
+            identity, expression = params.identity[chunk], params.expression[chunk]
+            images = renderer.render(identity, expression, camera, uint8=True).image  # (t, H, W, 3)
+            nmfc = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+            t1 = time.perf_counter()
+            generated, masks = synthesizer.run(nmfc)
+            composite = masks * generated + (1 - masks) * background
+            t2 = time.perf_counter()
+            t_render, t_synth = t_render + t1 - t0, t_synth + t2 - t1
+            for k in range(len(composite)):
+                frame = _resize(_uint8(composite[k]), cfg.output_px)
+                if cfg.watermark:
+                    frame = mark(frame)
+                if crops is not None:
+                    crop, condition = crops[first + k], _uint8(nmfc[k])
+                    frame = np.concatenate(
+                        [_resize(crop, cfg.output_px), _resize(condition, cfg.output_px), frame], axis=1
+                    )
+                frames.append(frame)
+        seconds.update(render_s=t_render, synthesis_s=t_synth)
+        t0 = time.perf_counter()
+        fps = recon.landmarks.fps or 25.0
+        marks = provenance_metadata(person_uri, source_uri, cfg)
+        media.write_mp4(out_uri, frames, fps=fps, audio_from=source_path, metadata=marks)
+        seconds["write_s"] = time.perf_counter() - t0
+    summary = {
+        "frames": len(frames),
+        "fps": fps,
+        "size": list(frames[0].shape[:2]) if frames else [],
+        "synthesis_frames_per_s": round(len(frames) / max(t_synth, 1e-9), 2),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "total_s": round(time.perf_counter() - start, 3),
+        "out": storage.redact(out_uri),
+    }
+    log(
+        f"reenacted {summary['frames']} frames of {storage.redact(source_uri)} onto {person.identity}: "
+        f"synthesis {summary['synthesis_frames_per_s']} frames/s -> {summary['out']}"
+    )
+    return summary
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def _source_crops(path: str, recon, cfg: ReenactConfig) -> list[np.ndarray]:
+    """The source's face crops, for the side-by-side layout."""
+    from pipeline.preprocess.face_track import track_and_crop
+
+    _, crops = track_and_crop(path, cfg.source.decode, cfg.source.track)
+    return list(crops)
+
+
