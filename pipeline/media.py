@@ -66,6 +66,12 @@ def to_uint8(image: Any, value_range: tuple[float, float] = (0.0, 1.0)) -> np.nd
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def generator_images(images: Any) -> np.ndarray:
+    """Generator-style images to uint8 frames: a tensor (..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
+    array = images.detach().float().cpu().numpy()
+    return to_uint8(np.moveaxis(array, -3, -1), (-1.0, 1.0))
+
+
 def _rgb(tile: Any, value_range: tuple[float, float]) -> np.ndarray:
     """(h, w), (h, w, 1) or (h, w, 3) -> (h, w, 3) uint8."""
     array = to_uint8(tile, value_range)

@@ -19,7 +19,7 @@ import torch
 from infra import storage
 from model.networks.generator import generate_sequence
 from model.networks.losses import masked_l1_loss
-from pipeline import schema
+from pipeline import media, schema
 from pipeline.finetune.config import SplitConfig
 from pipeline.train import data
 from pipeline.train.clip_index import ClipIndex, restrict_rows
@@ -241,15 +241,10 @@ def evaluate_holdout(
             frames += T
             if strip is None and r == 0 and k == (int(count) // T) // 2:
                 rows = [clip[data.NMFC][0], real, fake]
-                strip = np.concatenate(
-                    [np.concatenate([_uint8(x[t]) for t in range(T)], axis=1) for x in rows], axis=0
-                )
+                # rows of T frames (T, H, W, 3) -> one image (3 H, T W, 3)
+                strip = np.concatenate([np.concatenate(list(media.generator_images(x)), 1) for x in rows])
     generator.train()
     metrics = {"holdout_masked_l1": float(np.mean(l1)), "holdout_psnr_db": float(np.mean(psnr))}
     return {**metrics, "holdout_frames": frames}, strip
 
-
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 

@@ -52,16 +52,26 @@ def person_model_uri(storage_path: str, identity: str) -> str:
     return storage.join(person_dir(storage_path, identity), MODEL_FILE)
 
 
+def list_people(storage_path: str) -> list[str]:
+    """The identities that have a person model under ``storage_path``, sorted."""
+    folder = storage.join(storage_path, PERSONS_DIR)
+    if not storage.exists(folder):
+        return []
+    models = storage.list_files(folder, [".pt"])
+    return sorted(uri.rsplit("/", 2)[-2] for uri in models if uri.rsplit("/", 1)[-1] == MODEL_FILE)
+
+
 @dataclass(frozen=True, eq=False)
 class PersonModel:
-    """A loaded person model: ``generator`` (eval mode, takes h=None), ``h_new``, ``statistics``, and
-    ``info`` (held-out scores, provenance)."""
+    """A loaded person model: ``generator`` (eval mode, takes h=None), ``h_new``, ``statistics``, ``info``
+    (held-out scores, provenance) and ``config`` (the fine-tuning job's resolved config)."""
 
     identity: str
     generator: Generator
     h_new: torch.Tensor
     statistics: PersonStatistics
     info: dict[str, Any]
+    config: dict[str, Any]
 
 
 def person_checkpoint(
@@ -92,6 +102,7 @@ def load_person_model(uri: str, device: torch.device | str = "cpu") -> PersonMod
         h_new=checkpoint.extra["h_new"],
         statistics=PersonStatistics(**stats),
         info=checkpoint.extra["info"],
+        config=checkpoint.config,
     )
 
 

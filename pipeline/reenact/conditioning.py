@@ -28,12 +28,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 
-from model.face3d.camera import SCALE, TX, TY, TZ
+from model.face3d.camera import PITCH, ROLL, SCALE, TX, TY, TZ, YAW
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcImages, NmfcRenderer
 
 PoseMode = Literal["source_pose", "target_pose"]
+ANGLES = {"pitch_deg": PITCH, "yaw_deg": YAW, "roll_deg": ROLL}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,27 @@ class PoseAdaptConfig:
 class ConditioningConfig:
     pose: PoseAdaptConfig = field(default_factory=PoseAdaptConfig)
     nmfc: NmfcConfig = field(default_factory=NmfcConfig)
+
+
+def pose_outside_range(pose: dict[str, list[float]], camera: np.ndarray, margin_deg: float) -> str | None:
+    """A warning when a driver's head angle leaves the range the person was fine-tuned on, else None.
+
+    pose: the person's statistics (``person.PersonStatistics.pose``: per angle [min, p1, median, p99, max]
+    degrees); camera (T, 7) or (7,) radians; margin_deg widens the 1st-99th percentile range each side.
+    """
+    camera = np.atleast_2d(np.asarray(camera, np.float64))
+    for name, index in ANGLES.items():
+        _, p1, _, p99, _ = pose[name]
+        angles = np.degrees(camera[:, index])
+        outside = np.flatnonzero((angles < p1 - margin_deg) | (angles > p99 + margin_deg))
+        if len(outside):
+            worst = float(angles[outside[np.argmax(np.abs(angles[outside] - (p1 + p99) / 2))]])
+            return (
+                f"warning: the driver's {name[:-4]} ({worst:.0f} degrees) leaves the range the person was "
+                f"fine-tuned on ({p1:.0f} to {p99:.0f}) in {len(outside)} of {len(angles)} frames "
+                f"(first: frame {outside[0]}); expect artefacts there"
+            )
+    return None
 
 
 class FaceParams(NamedTuple):

@@ -31,14 +31,34 @@ from infra import storage
 from model.face3d.camera import SCALE, TX, TY
 from model.face3d.loader import load_morphable_model
 from pipeline import media
+from pipeline.evaluate.identity_features import identity_features, identity_similarity
 from pipeline.finetune.person_model import PersonModel, load_person_model
 from pipeline.preprocess.chain import LocalCopy
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.reconstruct import ReconstructConfig, reconstruct_video
-from pipeline.reenact.conditioning import FaceParams, PoseAdaptConfig, reenactment_parameters
+from pipeline.reenact.conditioning import (
+    FaceParams,
+    PoseAdaptConfig,
+    pose_outside_range,
+    reenactment_parameters,
+)
+from pipeline.reenact.stream import StreamConfig, frames_from, run_stream
 from pipeline.reenact.synthesis import StreamingSynthesizer
 
 WATERMARK = "SYNTHETIC"
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """Many (source, target) pairs on Ray (``ray_reenact``).
+
+    address: a Ray cluster (``RAY_ADDRESS`` works too); none starts a local one.
+    cpus_per_pair / gpus_per_pair: each pair's task resources (a GPU fraction lets pairs share a GPU).
+    """
+
+    address: str | None = None
+    cpus_per_pair: float = 1.0
+    gpus_per_pair: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,9 @@ class ReenactConfig:
     chunk_frames: frames rendered and synthesised per chunk (bounds memory; the output is the same).
     watermark: draw a visible "SYNTHETIC" mark in a corner (the file's metadata says so either way).
     precision: ``bf16`` autocasts the generator on CUDA.
+    identity_check_frames: output frames (evenly spaced) whose face identity is compared with the person's
+        key frame and with the source's face (dlib's face-recognition ResNet); 0 skips the check.
+    pairs: resources of the many-pairs batch (``--pairs``).
     """
 
     mode: Literal["full", "expression"] = "full"
@@ -62,8 +85,11 @@ class ReenactConfig:
     chunk_frames: int = 64
     watermark: bool = True
     precision: Literal["bf16", "fp32"] = "bf16"
+    identity_check_frames: int = 16
     source: ReconstructConfig = field(default_factory=ReconstructConfig)
     pose: PoseAdaptConfig = field(default_factory=PoseAdaptConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
 
 _COLOURS = {"black": (0, 0, 0), "white": (255, 255, 255), "green": (0, 177, 64), "grey": (128, 128, 128)}
@@ -95,10 +121,6 @@ def _to_person_pixels(camera: torch.Tensor, from_px: int, to_px: int) -> torch.T
     out[:, [TX, TY]] = (out[:, [TX, TY]] + 0.5) * ratio - 0.5
     return out
 
-
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
 def mark(image: np.ndarray) -> np.ndarray:
@@ -169,6 +191,10 @@ def reenact(
         pose = dataclasses.replace(cfg.pose, mode=pose_mode)
         # The pose is adapted over the whole source at once (its smoothing sees every frame).
         params = reenactment_parameters(target, source, pose)
+        if cfg.mode == "full":
+            warning = pose_outside_range(stats.pose, params.camera.numpy(), cfg.stream.pose_margin_deg)
+            if warning:
+                log(warning)
         renderer = NmfcRenderer(model, NmfcConfig(image_size=(size, size)), device=device)
         autocast = torch.bfloat16 if cfg.precision == "bf16" else None
         synthesizer = StreamingSynthesizer(person.generator, autocast)
@@ -177,7 +203,11 @@ def reenact(
 
         t_render = t_synth = 0.0
         frames: list[np.ndarray] = []
-        crops = _source_crops(source_path, recon, cfg) if cfg.side_by_side else None
+        frame_count = len(params.expression)
+        checked = np.linspace(0, frame_count - 1, min(cfg.identity_check_frames, frame_count)).round()
+        samples: dict[int, np.ndarray] = dict.fromkeys(checked.astype(int).tolist())
+        need_crops = cfg.side_by_side or bool(samples)
+        crops = _source_crops(source_path, recon, cfg) if need_crops else None
         for first in range(0, len(params.expression), cfg.chunk_frames):
             chunk = slice(first, first + cfg.chunk_frames)
             t0 = time.perf_counter()
@@ -191,16 +221,21 @@ def reenact(
             t2 = time.perf_counter()
             t_render, t_synth = t_render + t1 - t0, t_synth + t2 - t1
             for k in range(len(composite)):
-                frame = _resize(_uint8(composite[k]), cfg.output_px)
+                frame = _resize(media.generator_images(composite[k]), cfg.output_px)
+                if first + k in samples:
+                    samples[first + k] = frame
                 if cfg.watermark:
                     frame = mark(frame)
-                if crops is not None:
-                    crop, condition = crops[first + k], _uint8(nmfc[k])
+                if cfg.side_by_side:
+                    crop, condition = crops[first + k], media.generator_images(nmfc[k])
                     frame = np.concatenate(
                         [_resize(crop, cfg.output_px), _resize(condition, cfg.output_px), frame], axis=1
                     )
                 frames.append(frame)
         seconds.update(render_s=t_render, synthesis_s=t_synth)
+        t0 = time.perf_counter()
+        identity = identity_check(samples, crops, person) if samples else {}
+        seconds["identity_check_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         fps = recon.landmarks.fps or 25.0
         marks = provenance_metadata(person_uri, source_uri, cfg)
@@ -211,6 +246,7 @@ def reenact(
         "fps": fps,
         "size": list(frames[0].shape[:2]) if frames else [],
         "synthesis_frames_per_s": round(len(frames) / max(t_synth, 1e-9), 2),
+        **identity,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "total_s": round(time.perf_counter() - start, 3),
         "out": storage.redact(out_uri),
@@ -229,6 +265,24 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def identity_check(
+    generated: dict[int, np.ndarray], source_crops: list[np.ndarray], person: PersonModel
+) -> dict[str, float | str]:
+    """Whose face the output shows: the mean identity cosine of output frames {index: (P, P, 3) uint8} to
+    the person's key frame and to the source's crops at the same frames (a cross-identity reenactment
+    should be near the person and far from the source)."""
+    indices = sorted(generated)
+    size = generated[indices[0]].shape[0]
+    output = identity_features(np.stack([generated[i] for i in indices]))
+    source = identity_features(np.stack([_resize(source_crops[i], size) for i in indices]))
+    key = identity_features(_resize(person.statistics.key_frame.numpy(), size)[None])
+    return {
+        "identity_cosine_to_target": round(identity_similarity(output, key).mean_cosine, 4),
+        "identity_cosine_to_source": round(identity_similarity(output, source).mean_cosine, 4),
+        "identity_estimator": output.estimator,
+    }
+
+
 def _source_crops(path: str, recon, cfg: ReenactConfig) -> list[np.ndarray]:
     """The source's face crops, for the side-by-side layout."""
     from pipeline.preprocess.face_track import track_and_crop
@@ -237,3 +291,34 @@ def _source_crops(path: str, recon, cfg: ReenactConfig) -> list[np.ndarray]:
     return list(crops)
 
 
+def reenact_stream(
+    source: str,
+    person_uri: str,
+    out_uri: str,
+    cfg: ReenactConfig = ReenactConfig(),
+    realtime: bool = True,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The streaming path (``stream.run_stream``) from a webcam index, a stream URL or a file (played at
+    its frame rate when ``realtime``) into an mp4, marked like the batch path's; returns its timing."""
+    person = load_person_model(person_uri, device)
+    model = load_morphable_model(cfg.source.model.path)
+    capture_fps = cv2.VideoCapture(int(source) if source.isdigit() else source).get(cv2.CAP_PROP_FPS) or 25.0
+    marks = provenance_metadata(person_uri, source, cfg)
+    with media.VideoWriter(out_uri, fps=capture_fps, metadata=marks) as video:
+
+        def sink(crop: np.ndarray, nmfc: np.ndarray, result: np.ndarray) -> None:
+            frame = _resize(result, cfg.output_px)
+            frame = mark(frame) if cfg.watermark else frame
+            if cfg.side_by_side:
+                frame = np.concatenate([_resize(crop, cfg.output_px), _resize(nmfc, cfg.output_px), frame], 1)
+            video.write(frame)
+
+        summary = run_stream(frames_from(source, realtime), person, model, cfg.stream, device, sink, log)
+    log(
+        f"streamed {summary['frames']} frames onto {person.identity}: {summary['frames_per_s']} frames/s, "
+        f"latency {summary['latency_ms_mean']} ms (p95 {summary['latency_ms_p95']}) "
+        f"-> {storage.redact(out_uri)}"
+    )
+    return summary

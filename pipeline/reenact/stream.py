@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 import torch
 
-from model.face3d.camera import PITCH, ROLL, SCALE, TX, TY, YAW
+from model.face3d.camera import SCALE, TX, TY
 from model.face3d.morphable_model import MorphableModel
+from pipeline import media
 from pipeline.finetune.person_model import PersonModel
 from pipeline.preprocess.face_crop import FaceTrack, crop_faces
 from pipeline.preprocess.face_track import detect_faces
@@ -35,10 +36,9 @@ from pipeline.preprocess.fit_3dmm import FitConfig
 from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.track_parts import FaceTrackConfig
+from pipeline.reenact.conditioning import pose_outside_range
 from pipeline.reenact.online_fit import OnlineFitConfig, OnlineFitter
 from pipeline.reenact.synthesis import StreamingSynthesizer
-
-ANGLES = {"pitch_deg": PITCH, "yaw_deg": YAW, "roll_deg": ROLL}
 
 
 @dataclass(frozen=True)
@@ -166,18 +166,11 @@ class StreamAnalyzer:
         return image.permute(2, 0, 1).float() / 127.5 - 1
 
     def _check_pose(self, camera: np.ndarray) -> None:
-        if self.warned:
-            return
-        for name, index in ANGLES.items():
-            low, p1, _, p99, high = self.person.statistics.pose[name]
-            value = float(np.degrees(camera[index]))
-            if not p1 - self.cfg.pose_margin_deg <= value <= p99 + self.cfg.pose_margin_deg:
-                self.log(
-                    f"warning: the driver's {name[:-4]} ({value:.0f} degrees) leaves the range the person "
-                    f"was fine-tuned on ({p1:.0f} to {p99:.0f}); expect artefacts"
-                )
+        if not self.warned:
+            warning = pose_outside_range(self.person.statistics.pose, camera, self.cfg.pose_margin_deg)
+            if warning:
+                self.log(warning)
                 self.warned = True
-                return
 
     def __call__(self, frame: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
         """The analysed frames ready for synthesis: none while warming up, then the warm-up frames at once,
@@ -245,7 +238,7 @@ def run_stream(
             result = mask * frame + (1 - mask) * background
             synthesis_s[0] += time.perf_counter() - t
             if sink is not None:
-                sink(crop, _uint8(nmfc), _uint8(result))
+                sink(crop, media.generator_images(nmfc), media.generator_images(result))
             done = time.perf_counter()
             latencies.append(done - arrived)
             outputs[0] += 1
@@ -277,6 +270,3 @@ def run_stream(
         "pose_warning": analyzer.warned,
     }
 
-
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()

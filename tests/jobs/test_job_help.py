@@ -52,6 +52,8 @@ REQUIRED_ARGS = {
     "finetune": ["--init", "unused", "--data", "unused"],
     "forget": ["--identity", "unused"],
     "reenact": ["--source", "unused.mp4", "--target", "unused", "--out", "unused.mp4"],
+    "evaluate": ["--model", "unused.pt", "--data", "unused", "--out", "unused"],
+    "demo": [],
 }
 
 

@@ -14,6 +14,7 @@ from pipeline.reenact.conditioning import (
     adapt_pose,
     gaussian_smooth,
     ping_pong_indices,
+    pose_outside_range,
     reenactment_nmfc,
     reenactment_parameters,
 )
@@ -155,3 +156,14 @@ def test_reenacted_head_sits_where_the_target_is(renderer, ict_model):
     # Expression-only transfer uses the target's own cameras.
     params, _ = reenactment_nmfc(renderer, target, source, PoseAdaptConfig(mode="target_pose"))
     torch.testing.assert_close(params.camera, target.camera)
+
+
+def test_pose_outside_range_names_the_angle_and_the_frames():
+    pose = {name: [-40.0, -10.0, 0.0, 10.0, 40.0] for name in ("pitch_deg", "yaw_deg", "roll_deg")}
+    camera = np.zeros((6, 7))
+    assert pose_outside_range(pose, camera, margin_deg=5.0) is None
+    camera[[2, 4], YAW] = np.radians([14.0, 30.0])  # 14 is inside 10 + 5; 30 is not
+    warning = pose_outside_range(pose, camera, margin_deg=5.0)
+    assert warning is not None and "yaw (30 degrees)" in warning and "1 of 6 frames" in warning
+    assert "frame 4" in warning
+    assert pose_outside_range(pose, camera[2], margin_deg=5.0) is None  # one frame (7,) works too
