@@ -131,9 +131,9 @@ def cpu_part(work: Path, people: int, epochs: float) -> dict:
 def gpu_part(steps: int) -> dict | None:
     if not torch.cuda.is_available():
         return None
+    from benchmarks.train_step import random_batch
     from model.networks.finetune import convert_generator, convert_image_discriminator
     from model.networks.losses import ObjectiveConfig, VGGPerceptualLoss
-    from pipeline.train import data
     from pipeline.train.step import TrainStep
 
     cfg = load_config(TrainConfig, str(REPO / "configs" / "train.yaml"), ["loss.vgg.random_weights=true"])
@@ -148,16 +148,7 @@ def gpu_part(steps: int) -> dict | None:
     vgg = VGGPerceptualLoss(cfg.loss.vgg).to(device)
     trainer = TrainStep(nets, cfg.loss, ObjectiveConfig(), ft.optim, ft.schedule, vgg, torch.bfloat16)
     B, T, S = ft.run.batch_size, cfg.data.clip_frames, cfg.data.image_px
-    batch = {
-        data.RGB: torch.rand(B, T, 3, S, S, device=device) * 2 - 1,
-        data.NMFC: torch.rand(B, T, 3, S, S, device=device) * 2 - 1,
-        data.MASK: (torch.rand(B, T, 1, S, S, device=device) > 0.3).float(),
-        data.FLOW: torch.randn(B, T - 1, 2, S, S, device=device),
-        data.MOUTH_CENTER_PX: torch.full((B, T, 2), S / 2, device=device),
-        data.IDENTITY: torch.zeros(B, dtype=torch.int64, device=device),
-        data.ID_RGB: torch.rand(B, 1, 3, S, S, device=device),
-        data.ID_MASK: torch.ones(B, 1, 1, S, S, device=device),
-    }
+    batch = random_batch(B, T, 1, S, device)
     for _ in range(3):
         trainer(batch, 0)
     torch.cuda.synchronize()

@@ -96,18 +96,12 @@ def cpu_rates(data_uri: str, steps: int, workers: list[int], work: Path) -> dict
     return results
 
 
-def gpu_rates(steps: int) -> dict | None:
-    if not torch.cuda.is_available():
-        return None
-    from model.networks.losses import VGGPerceptualLoss
-    from model.networks.renderer import VideoRenderer
+def random_batch(B: int, T: int, M: int, S: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A training batch of random tensors: B clips of T frames and M identity frames at S px (speed does
+    not depend on the pixels)."""
     from pipeline.train import data
-    from pipeline.train.step import TrainStep
 
-    cfg = load_config(TrainConfig, str(REPO / "configs" / "train.yaml"), ["loss.vgg.random_weights=true"])
-    device = torch.device("cuda")
-    B, T, M, S = cfg.run.batch_size, cfg.data.clip_frames, cfg.data.identity_frames, cfg.data.image_px
-    batch = {
+    return {
         data.RGB: torch.rand(B, T, 3, S, S, device=device) * 2 - 1,
         data.NMFC: torch.rand(B, T, 3, S, S, device=device) * 2 - 1,
         data.MASK: (torch.rand(B, T, 1, S, S, device=device) > 0.3).float(),
@@ -117,6 +111,19 @@ def gpu_rates(steps: int) -> dict | None:
         data.ID_RGB: torch.rand(B, M, 3, S, S, device=device) * 2 - 1,
         data.ID_MASK: torch.ones(B, M, 1, S, S, device=device),
     }
+
+
+def gpu_rates(steps: int) -> dict | None:
+    if not torch.cuda.is_available():
+        return None
+    from model.networks.losses import VGGPerceptualLoss
+    from model.networks.renderer import VideoRenderer
+    from pipeline.train.step import TrainStep
+
+    cfg = load_config(TrainConfig, str(REPO / "configs" / "train.yaml"), ["loss.vgg.random_weights=true"])
+    device = torch.device("cuda")
+    B, T, M, S = cfg.run.batch_size, cfg.data.clip_frames, cfg.data.identity_frames, cfg.data.image_px
+    batch = random_batch(B, T, M, S, device)
     out = {"device": torch.cuda.get_device_name(), "batch": B, "clip_frames": T, "image_px": S}
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         torch.manual_seed(0)

