@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -36,9 +37,11 @@ from pipeline.finetune.person_model import PersonModel, load_person_model
 from pipeline.preprocess.chain import LocalCopy
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.reconstruct import ReconstructConfig, reconstruct_video
+from pipeline.reenact.canvas import TargetCanvas, canvas_source, load_canvas, paste
 from pipeline.reenact.conditioning import (
     FaceParams,
     PoseAdaptConfig,
+    ping_pong_indices,
     pose_outside_range,
     reenactment_parameters,
 )
@@ -67,9 +70,15 @@ class ReenactConfig:
 
     mode: ``full`` carries the source's head pose over (adapted to the person's framing), ``expression``
         keeps the person's own head poses (their training frames', played forwards and backwards).
-    background: ``target`` (the person's mean background), a colour name or ``#rrggbb``, or an image URI.
+    background: ``target`` (the person's own video, or their mean background), a colour name or ``#rrggbb``,
+        or an image URI.
+    canvas: with ``background: target``, ``target_video`` blends the faces back into the full-resolution
+        frames of the person's own video (``canvas.py``; the crop when that video cannot be read),
+        ``crop`` writes the face crop over the person's mean background.
+    feather: the width of the blended border, as a share of the crop's side.
     side_by_side: write source crop | NMFC | result side by side.
-    output_px: side of the written frames (the generator's frames are resized to it).
+    output_px: side of the written crops (the generator's frames are resized to it); a canvas keeps its
+        video's size.
     chunk_frames: frames rendered and synthesised per chunk (bounds memory; the output is the same).
     watermark: draw a visible "SYNTHETIC" mark in a corner (the file's metadata says so either way).
     precision: ``bf16`` autocasts the generator on CUDA.
@@ -80,6 +89,8 @@ class ReenactConfig:
 
     mode: Literal["full", "expression"] = "full"
     background: str = "target"
+    canvas: Literal["target_video", "crop"] = "target_video"
+    feather: float = 0.12
     side_by_side: bool = False
     output_px: int = 256
     chunk_frames: int = 64
@@ -161,23 +172,30 @@ def reenact(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Writes the person in ``person_uri`` driven by the video ``source_uri`` to ``out_uri`` (mp4); returns
-    a summary (frames, fps, synthesis frames/s, seconds per stage)."""
+    a summary (frames, fps, size, synthesis frames/s, identity similarities, seconds per stage)."""
     device = torch.device(device)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     person = load_person_model(person_uri, device)
     model = load_morphable_model(cfg.source.model.path)
-    with LocalCopy(source_uri) as source_path:
+    with contextlib.ExitStack() as stack:
+        source_path = stack.enter_context(LocalCopy(source_uri))
         recon = reconstruct_video(source_path, model, cfg.source)
         seconds.update(recon.seconds)
+        canvas = _canvas(person, model, cfg, stack, log)
+        seconds["canvas_s"] = time.perf_counter() - start - sum(seconds.values())
 
         # Condition: the person's identity, the source's expressions, the adapted pose, at the person's size.
         size = int(person.info["image_px"])
         stats = person.statistics
+        cameras = stats.cameras.double()
+        if canvas is not None:  # the canvas video's own cameras, so that its frames and the head agree
+            canvas_cameras = torch.tensor(canvas.cameras)
+            cameras = _to_person_pixels(canvas_cameras, canvas.track.crop_size, stats.crop_px)
         target = FaceParams(
             identity=stats.identity_coefficients,
-            expression=torch.zeros(len(stats.cameras), model.n_expression),
-            camera=stats.cameras.double(),
+            expression=torch.zeros(len(cameras), model.n_expression),
+            camera=cameras,
         )
         source = FaceParams(
             identity=torch.tensor(recon.fit.identity),
@@ -201,14 +219,18 @@ def reenact(
         background = torch.from_numpy(background_image(cfg.background, person, size)).permute(2, 0, 1)
         background = background.float().to(device) / 127.5 - 1
 
-        t_render = t_synth = 0.0
-        frames: list[np.ndarray] = []
         frame_count = len(params.expression)
+        canvas_rows = ping_pong_indices(frame_count, len(canvas)).numpy() if canvas is not None else None
         checked = np.linspace(0, frame_count - 1, min(cfg.identity_check_frames, frame_count)).round()
         samples: dict[int, np.ndarray] = dict.fromkeys(checked.astype(int).tolist())
         need_crops = cfg.side_by_side or bool(samples)
         crops = _source_crops(source_path, recon, cfg) if need_crops else None
-        for first in range(0, len(params.expression), cfg.chunk_frames):
+        fps = recon.landmarks.fps or 25.0
+        marks = provenance_metadata(person_uri, source_uri, cfg)
+        writer = media.VideoWriter(out_uri, fps=fps, audio_from=source_path, metadata=marks)
+        video = stack.enter_context(writer)
+        t_render = t_synth = t_write = 0.0
+        for first in range(0, frame_count, cfg.chunk_frames):
             chunk = slice(first, first + cfg.chunk_frames)
             t0 = time.perf_counter()
             camera = _to_person_pixels(params.camera[chunk].double(), stats.crop_px, size).float()
@@ -217,35 +239,46 @@ def reenact(
             nmfc = images.permute(0, 3, 1, 2).float() / 127.5 - 1
             t1 = time.perf_counter()
             generated, masks = synthesizer.run(nmfc)
-            composite = masks * generated + (1 - masks) * background
             t2 = time.perf_counter()
             t_render, t_synth = t_render + t1 - t0, t_synth + t2 - t1
+            full_frames = canvas.frames(canvas_rows[chunk]) if canvas is not None else None
+            behind = background
+            if canvas is not None and cfg.mode == "expression":  # the canvas frame's own crop shows behind
+                rows = canvas_rows[chunk]
+                behind_crops = np.stack([canvas.crop(f, r, size) for f, r in zip(full_frames, rows)])
+                behind = torch.from_numpy(behind_crops).permute(0, 3, 1, 2).float().to(device) / 127.5 - 1
+            composite = masks * generated + (1 - masks) * behind
             for k in range(len(composite)):
-                frame = _resize(media.generator_images(composite[k]), cfg.output_px)
-                if first + k in samples:
-                    samples[first + k] = frame
+                t = first + k
+                face = media.generator_images(composite[k])
+                if canvas is not None:
+                    crop_px = canvas.track.crop_size
+                    face = _resize(face, crop_px)
+                    matrix = canvas.crop_matrix(int(canvas_rows[t]), crop_px)
+                    frame = paste(full_frames[k], face, matrix, cfg.feather)
+                else:
+                    frame = _resize(face, cfg.output_px)
+                if t in samples:
+                    samples[t] = _resize(media.generator_images(composite[k]), cfg.output_px)
                 if cfg.watermark:
                     frame = mark(frame)
                 if cfg.side_by_side:
-                    crop, condition = crops[first + k], media.generator_images(nmfc[k])
-                    frame = np.concatenate(
-                        [_resize(crop, cfg.output_px), _resize(condition, cfg.output_px), frame], axis=1
-                    )
-                frames.append(frame)
-        seconds.update(render_s=t_render, synthesis_s=t_synth)
+                    height = frame.shape[0]
+                    condition = media.generator_images(nmfc[k])
+                    frame = np.concatenate([_resize(crops[t], height), _resize(condition, height), frame], 1)
+                video.write(frame)
+            t_write += time.perf_counter() - t2
+        seconds.update(render_s=t_render, synthesis_s=t_synth, composite_write_s=t_write)
         t0 = time.perf_counter()
         identity = identity_check(samples, crops, person) if samples else {}
         seconds["identity_check_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fps = recon.landmarks.fps or 25.0
-        marks = provenance_metadata(person_uri, source_uri, cfg)
-        media.write_mp4(out_uri, frames, fps=fps, audio_from=source_path, metadata=marks)
-        seconds["write_s"] = time.perf_counter() - t0
+        size_written = list(video.size or ())
     summary = {
-        "frames": len(frames),
+        "frames": frame_count,
         "fps": fps,
-        "size": list(frames[0].shape[:2]) if frames else [],
-        "synthesis_frames_per_s": round(len(frames) / max(t_synth, 1e-9), 2),
+        "size": size_written,
+        "canvas": storage.redact(canvas.source) if canvas is not None else "crop",
+        "synthesis_frames_per_s": round(frame_count / max(t_synth, 1e-9), 2),
         **identity,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "total_s": round(time.perf_counter() - start, 3),
@@ -256,6 +289,20 @@ def reenact(
         f"synthesis {summary['synthesis_frames_per_s']} frames/s -> {summary['out']}"
     )
     return summary
+
+
+def _canvas(
+    person: PersonModel, model, cfg: ReenactConfig, stack: contextlib.ExitStack, log: Callable[[str], None]
+) -> TargetCanvas | None:
+    """The person's video to blend into, when the settings ask for it and it can be read."""
+    if cfg.canvas != "target_video" or cfg.background != "target":
+        return None
+    source = canvas_source(person)
+    if source is None:
+        log(f"warning: none of {person.identity}'s videos can be read any more; writing the crop instead")
+        return None
+    path = stack.enter_context(LocalCopy(source))
+    return load_canvas(path, source, model, cfg.source)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

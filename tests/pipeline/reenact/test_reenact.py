@@ -21,7 +21,8 @@ SOURCE = "sadtalker_WDA_KatieHill_000"  # has an audio track
 def _config(**changes) -> ReenactConfig:
     from infra.config import load_config
 
-    cfg = load_config(ReenactConfig, None, [f"source.decode.max_frames={FRAMES}", "output_px=64"])
+    overrides = [f"source.decode.max_frames={FRAMES}", "output_px=64", "canvas=crop"]
+    cfg = load_config(ReenactConfig, None, overrides)
     return ReenactConfig(**{**cfg.__dict__, **changes})
 
 
@@ -74,3 +75,35 @@ def test_reenactment_writes_a_playable_marked_video(tiny_person, shared_videos, 
     b = decord.VideoReader(str(marked))[5].asnumpy().astype(int)
     difference = np.abs(a - b).sum(-1) > 30
     assert difference[-16:, -48:].any() and not difference[:32, :32].any()
+
+
+@pytest.mark.parametrize("mode", ["expression", "full"])
+def test_faces_are_blended_into_the_person_s_own_video(tiny_person, shared_videos, ict_model, tmp_path, mode):
+    """The canvas: frames of the person's own video at full resolution, synthesised inside the face crop
+    and untouched outside it."""
+    from pipeline.reenact.canvas import load_canvas
+
+    people, person, _ = tiny_person
+    out = tmp_path / "canvas.mp4"
+    cfg = _config(canvas="target_video", mode=mode, identity_check_frames=0, watermark=False)
+    summary = reenact(str(shared_videos / f"{SOURCE}.mp4"), person_model_uri(people, person), str(out), cfg)
+    target_path = str(shared_videos / f"{person}.mp4")
+    assert summary["canvas"] == target_path
+    canvas = load_canvas(target_path, target_path, ict_model, cfg.source)
+    written = decord.VideoReader(str(out)).get_batch([0, 10]).asnumpy().astype(int)
+    original = decord.VideoReader(target_path).get_batch(canvas.track.frame_index[[0, 10]].tolist())
+    original = original.asnumpy().astype(int)
+    assert written.shape == original.shape == (2, 512, 512, 3)  # the person's video's size
+    for k, row in enumerate((0, 10)):
+        edge = canvas.track.crop_size - 0.5
+        corners = np.array([[[-0.5, -0.5], [edge, edge]]])  # the crop's outer pixel edges
+        (x0, y0), (x1, y1) = canvas.track.crop_to_frame(corners, np.array([row]))[0]
+        outside = np.ones((512, 512), bool)
+        outside[max(int(y0) - 2, 0) : int(y1) + 3, max(int(x0) - 2, 0) : int(x1) + 3] = False
+        inner = np.zeros((512, 512), bool)
+        cx, cy, q = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 4
+        inner[int(cy - q) : int(cy + q), int(cx - q) : int(cx + q)] = True
+        difference = np.abs(written[k] - original[k]).mean(-1)
+        if outside.any():
+            assert difference[outside].mean() < 4, k  # the video itself (up to H.264)
+        assert difference[inner].mean() > 8, k  # the synthesised face
