@@ -56,7 +56,7 @@ class DemoSize:
     reenact_frames: int
 
 
-FULL = DemoSize(frames=125, image_px=64, train_steps=400, finetune_steps=100, reenact_frames=125)
+FULL = DemoSize(frames=125, image_px=64, train_steps=300, finetune_steps=100, reenact_frames=125)
 QUICK = DemoSize(frames=36, image_px=32, train_steps=20, finetune_steps=10, reenact_frames=20)
 
 

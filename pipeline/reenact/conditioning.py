@@ -74,10 +74,11 @@ def pose_outside_range(pose: dict[str, list[float]], camera: np.ndarray, margin_
         outside = np.flatnonzero((angles < p1 - margin_deg) | (angles > p99 + margin_deg))
         if len(outside):
             worst = float(angles[outside[np.argmax(np.abs(angles[outside] - (p1 + p99) / 2))]])
+            where = f" in {len(outside)} of {len(angles)} frames (first: frame {outside[0]})"
+            where = where if len(angles) > 1 else ""
             return (
                 f"warning: the driver's {name[:-4]} ({worst:.0f} degrees) leaves the range the person was "
-                f"fine-tuned on ({p1:.0f} to {p99:.0f}) in {len(outside)} of {len(angles)} frames "
-                f"(first: frame {outside[0]}); expect artefacts there"
+                f"fine-tuned on ({p1:.0f} to {p99:.0f}){where}; expect artefacts there"
             )
     return None
 

@@ -269,4 +269,3 @@ def run_stream(
         "stage_ms_per_frame": {k.replace("_s", "_ms"): v for k, v in per_frame.items()},
         "pose_warning": analyzer.warned,
     }
-
