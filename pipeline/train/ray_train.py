@@ -14,6 +14,7 @@ other machines (the embedded default is a SQLite store under a local ``run.stora
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from typing import Any
@@ -23,6 +24,8 @@ from infra.tracking import NullTracker, Tracker, local_store_uri
 from pipeline.train.checkpoint import list_checkpoints, provenance
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import WorkerContext, resolved_run_dir, train
+
+LAST_METRICS_FILE = "last_metrics.json"  # in the run folder: rank 0's last logged metrics
 
 
 def _log(message: str) -> None:
@@ -53,7 +56,7 @@ def _worker(config: dict[str, Any]) -> None:
     tracker = _tracker(cfg, config["run_name"], config["run_dir"]) if rank == 0 else NullTracker()
     status = "FAILED"
     try:
-        train(
+        metrics = train(
             cfg,
             config["data_uri"],
             config["run_dir"],
@@ -67,6 +70,8 @@ def _worker(config: dict[str, Any]) -> None:
             tracker,
             config["provenance"],
         )
+        if rank == 0:  # Ray Train keeps only checkpoint-attached metrics: the driver reads these instead
+            storage.write_text(storage.join(config["run_dir"], LAST_METRICS_FILE), json.dumps(metrics))
         status = "FINISHED"
     finally:
         tracker.end(status)
@@ -120,6 +125,6 @@ def run_training(cfg: TrainConfig, data_uri: str, run_name: str) -> dict:
             failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
         ),
     )
-    result = trainer.fit()
+    trainer.fit()
     sys.stdout.flush()
-    return {**info, "metrics": dict(result.metrics or {})}
+    return {**info, "metrics": json.loads(storage.read_text(storage.join(run_dir, LAST_METRICS_FILE)))}

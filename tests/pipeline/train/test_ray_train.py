@@ -4,6 +4,8 @@ and ends with the same weights as an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -62,6 +64,9 @@ def test_two_workers_resume_after_a_failure_and_track_to_mlflow(tiny_shards, tmp
     assert marker.exists(), "the injected failure did not happen"
     assert "test failure injected at step 6" in output and "resuming at step 4/12" in output
     assert f"checkpoint at step {STEPS} (2 worker(s) in sync)" in output  # parameters identical across ranks
+    (summary,) = [line for line in tracked.stdout.splitlines() if line.startswith('{"run_dir"')]
+    last = json.loads(summary)["last"]  # rank 0's last metrics, through the run folder
+    assert last["frames_per_s_per_worker"] > 0 and math.isfinite(last["loss/mask_l1"])
 
     straight = _train(["--data", tiny_shards, "--run-name", "straight"] + tiny_args(storage, *OVERRIDES), {})
     assert straight.returncode == 0, (straight.stdout + straight.stderr)[-5000:]
