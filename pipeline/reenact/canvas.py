@@ -60,7 +60,7 @@ class TargetCanvas:
     def crop(self, frame: np.ndarray, row: int, size: int) -> np.ndarray:
         """The track's square crop of a frame (H, W, 3) at ``size`` px -> (size, size, 3) uint8."""
         matrix = self.crop_matrix(row, size)
-        return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=_REPLICATE)
+        return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=_REPLICATE)
 
 
 def canvas_source(person: PersonModel) -> str | None:

@@ -182,8 +182,9 @@ def reenact(
         source_path = stack.enter_context(LocalCopy(source_uri))
         recon = reconstruct_video(source_path, model, cfg.source)
         seconds.update(recon.seconds)
+        t0 = time.perf_counter()
         canvas = _canvas(person, model, cfg, stack, log)
-        seconds["canvas_s"] = time.perf_counter() - start - sum(seconds.values())
+        seconds["canvas_s"] = time.perf_counter() - t0
 
         # Condition: the person's identity, the source's expressions, the adapted pose, at the person's size.
         size = int(person.info["image_px"])
@@ -270,7 +271,7 @@ def reenact(
             t_write += time.perf_counter() - t2
         seconds.update(render_s=t_render, synthesis_s=t_synth, composite_write_s=t_write)
         t0 = time.perf_counter()
-        identity = identity_check(samples, crops, person) if samples else {}
+        whose_face = identity_check(samples, crops, person) if samples else {}
         seconds["identity_check_s"] = time.perf_counter() - t0
         size_written = list(video.size or ())
     summary = {
@@ -279,7 +280,7 @@ def reenact(
         "size": size_written,
         "canvas": storage.redact(canvas.source) if canvas is not None else "crop",
         "synthesis_frames_per_s": round(frame_count / max(t_synth, 1e-9), 2),
-        **identity,
+        **whose_face,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "total_s": round(time.perf_counter() - start, 3),
         "out": storage.redact(out_uri),
