@@ -119,9 +119,6 @@ def cpu_part(work: Path, people: int, epochs: float) -> dict:
         out[f"people_per_hour_ray_concurrency_{concurrency}"] = round(
             len(batch) / ((time.perf_counter() - start) / 3600), 1
         )
-        import ray
-
-        ray.shutdown()
     out["ray_overhead_vs_sequential_concurrency_1"] = round(
         1 - out["people_per_hour_ray_concurrency_1"] / out["people_per_hour_sequential"], 3
     )

@@ -139,9 +139,6 @@ def running_cluster_run(cfg: PreprocessJobConfig, manifest: str, output: str) ->
     import subprocess
     import sys
 
-    import ray
-
-    ray.shutdown()  # the earlier run's in-process Ray
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -161,7 +158,6 @@ def running_cluster_run(cfg: PreprocessJobConfig, manifest: str, output: str) ->
         summary = run_preprocess(joined, manifest, output)
         return summary, time.perf_counter() - start
     finally:
-        ray.shutdown()
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from infra.ray_session import ray_session
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.loop import finetune_in_process
 from pipeline.finetune.person_model import STATUS_FAILED, PersonStatus, write_status
@@ -45,33 +46,28 @@ def run_trials(
     """Runs one trial per person; returns their statuses (a crashed trial's says ``error`` and why)."""
     import dataclasses
 
-    import ray
     from ray import tune
 
-    if not ray.is_initialized():
-        if cfg.batch.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=cfg.batch.address, log_to_driver=True)
-        else:
-            # More logical CPUs than cores: Tune's controller and the trials' actors need slots.
-            slots = cfg.batch.concurrency * cfg.batch.cpus_per_person + 1
-            ray.init(num_cpus=max(2 * (os.cpu_count() or 1), int(slots + 0.999)), include_dashboard=False)
     threads = max(1, int(cfg.batch.cpus_per_person))
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, threads=cfg.run.threads or threads))
     resources = {"cpu": cfg.batch.cpus_per_person, "gpu": cfg.batch.gpus_per_person}
     inputs = {"cfg": cfg, "init_uri": init_uri, "data_uri": data_uri, "parent_run_id": parent_run_id}
-    trial = tune.with_parameters(_trial, **inputs)
-    trainable = tune.with_resources(trial, resources)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={TRIAL_PERSON: tune.grid_search(identities)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.batch.concurrency),
-        run_config=tune.RunConfig(
-            name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=os.path.join(tempfile.gettempdir(), "head2head-tune"),
-            verbose=0,
-        ),
-    )
-    grid = tuner.fit()
+    # More logical CPUs than cores: Tune's controller and the trials' actors need slots.
+    slots = cfg.batch.concurrency * cfg.batch.cpus_per_person + 1
+    with ray_session(cfg.batch.address, min_cpus=slots):
+        trial = tune.with_parameters(_trial, **inputs)
+        trainable = tune.with_resources(trial, resources)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={TRIAL_PERSON: tune.grid_search(identities)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.batch.concurrency),
+            run_config=tune.RunConfig(
+                name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=os.path.join(tempfile.gettempdir(), "head2head-tune"),
+                verbose=0,
+            ),
+        )
+        grid = tuner.fit()
     statuses = []
     for result in grid:
         identity = result.config[TRIAL_PERSON]

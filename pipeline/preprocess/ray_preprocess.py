@@ -25,7 +25,6 @@ after a worker died rewrites the same objects: every unit ends up exactly once.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import defaultdict
@@ -36,6 +35,7 @@ from typing import Literal
 from infra import storage
 from infra.config import config_hash, save_config
 from infra.memory import retain_freed_memory
+from infra.ray_session import ray_session
 from model.face3d.loader import MorphableModelConfig, find_default_model, load_morphable_model
 from pipeline import schema
 from pipeline.preprocess import chain, shard_writer
@@ -157,18 +157,6 @@ def _pool(actors: int, videos: int):
     return ActorPoolStrategy(size=max(1, min(actors, videos)), max_tasks_in_flight_per_actor=1)
 
 
-def _init_ray(cfg: RayConfig):
-    import ray
-
-    if ray.is_initialized():
-        return ray
-    if cfg.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.num_cpus or 2 * (os.cpu_count() or 1), include_dashboard=False)
-    return ray
-
-
 def resolve_model(cfg: PreprocessJobConfig) -> PreprocessJobConfig:
     """Pins the 3DMM path found on the driver, so workers (other working dirs) load the same file."""
     from dataclasses import replace
@@ -202,50 +190,50 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
     )
     processed: set[str] = set()
     if todo:
-        ray = _init_ray(cfg.ray)
-        resources = ray.cluster_resources()
-        gpu = float(resources.get("GPU", 0)) > 0
-        auto_actors = max(1, int(resources.get("CPU", 1)) // 2)
-        p = cfg.preprocess
-        items = [_to_ray(chain.new_row(s)) for s in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        writer_args = (p, output, cfg_hash, cfg.ray.threads_per_actor)
-        if cfg.ray.stages == "fused":
-            ds = ds.flat_map(
-                _Preprocess,
-                fn_constructor_args=writer_args,
-                compute=_pool(cfg.ray.actors or auto_actors, len(todo)),
-                num_cpus=cfg.ray.threads_per_actor,
-                num_gpus=0.5 if gpu else 0,
-            )
-        else:
-            ds = ds.flat_map(
-                _DecodeLandmarks,
-                fn_constructor_args=(p, cfg.ray.threads_per_actor),
-                compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
-                num_cpus=cfg.ray.threads_per_actor,
-                num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
-            )
-            ds = ds.map(
-                _FitRenderWrite,
-                fn_constructor_args=writer_args,
-                compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
-                num_cpus=cfg.ray.threads_per_actor,
-                num_gpus=0.5 if gpu else 0,
-            )
-        units: dict[str, list[schema.VideoRecord]] = defaultdict(list)
-        finished = 0
-        for row in ds.iter_rows():
-            unit = schema.VideoRecord.from_dict(row)
-            processed.add(unit.video_id)
-            units[unit.source_video_id].append(unit)
-            finished += schema.video_complete(units[unit.source_video_id])
-            outcome = f"{unit.kept_frames} frames" if unit.ok else unit.reason
-            log(
-                f"[{finished}/{len(todo)} videos] {unit.video_id}: {unit.status} "
-                f"({outcome}, {unit.seconds:.1f} s)"
-            )
-            sys.stdout.flush()
+        with ray_session(cfg.ray.address, cfg.ray.num_cpus) as ray:
+            resources = ray.cluster_resources()
+            gpu = float(resources.get("GPU", 0)) > 0
+            auto_actors = max(1, int(resources.get("CPU", 1)) // 2)
+            p = cfg.preprocess
+            items = [_to_ray(chain.new_row(s)) for s in todo]
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            writer_args = (p, output, cfg_hash, cfg.ray.threads_per_actor)
+            if cfg.ray.stages == "fused":
+                ds = ds.flat_map(
+                    _Preprocess,
+                    fn_constructor_args=writer_args,
+                    compute=_pool(cfg.ray.actors or auto_actors, len(todo)),
+                    num_cpus=cfg.ray.threads_per_actor,
+                    num_gpus=0.5 if gpu else 0,
+                )
+            else:
+                ds = ds.flat_map(
+                    _DecodeLandmarks,
+                    fn_constructor_args=(p, cfg.ray.threads_per_actor),
+                    compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
+                    num_cpus=cfg.ray.threads_per_actor,
+                    num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
+                )
+                ds = ds.map(
+                    _FitRenderWrite,
+                    fn_constructor_args=writer_args,
+                    compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
+                    num_cpus=cfg.ray.threads_per_actor,
+                    num_gpus=0.5 if gpu else 0,
+                )
+            units: dict[str, list[schema.VideoRecord]] = defaultdict(list)
+            finished = 0
+            for row in ds.iter_rows():
+                unit = schema.VideoRecord.from_dict(row)
+                processed.add(unit.video_id)
+                units[unit.source_video_id].append(unit)
+                finished += schema.video_complete(units[unit.source_video_id])
+                outcome = f"{unit.kept_frames} frames" if unit.ok else unit.reason
+                log(
+                    f"[{finished}/{len(todo)} videos] {unit.video_id}: {unit.status} "
+                    f"({outcome}, {unit.seconds:.1f} s)"
+                )
+                sys.stdout.flush()
     records = shard_writer.read_records(output)
     shard_writer.write_videos_table(output, records)
     summary = shard_writer.summarise(records, processed, time.perf_counter() - start, started_at)

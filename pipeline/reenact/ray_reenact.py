@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from infra import storage
+from infra.ray_session import ray_session
 from pipeline.errors import VideoRejected
 from pipeline.finetune.person_model import person_model_uri
 from pipeline.reenact.reenact import ReenactConfig, reenact
@@ -70,31 +70,26 @@ def reenact_pairs(
     pairs_uri: str, people: str, out_dir: str, cfg: ReenactConfig, log: Callable[[str], None] = print
 ) -> list[dict]:
     """Runs every pair of ``pairs_uri`` as a Ray task; writes and returns the result rows (in file order)."""
-    import ray
-
     pairs = read_pairs(pairs_uri, people, out_dir)
-    if not ray.is_initialized():
-        if cfg.pairs.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=cfg.pairs.address, log_to_driver=True)
-        else:
-            ray.init(num_cpus=max(2 * (os.cpu_count() or 1), int(cfg.pairs.cpus_per_pair + 0.999)),
-                     include_dashboard=False)  # fmt: skip
-    task = ray.remote(num_cpus=cfg.pairs.cpus_per_pair, num_gpus=cfg.pairs.gpus_per_pair)(reenact_pair)
-    threads = max(1, int(cfg.pairs.cpus_per_pair))
-    pending = {task.remote(pair, cfg, threads): k for k, pair in enumerate(pairs)}
-    rows: list[dict | None] = [None] * len(pairs)
-    while pending:
-        (done,), _ = ray.wait(list(pending), num_returns=1)
-        k = pending.pop(done)
-        try:
-            rows[k] = ray.get(done)
-        except Exception as err:  # the task itself crashed (out of memory, a bug): that pair failed
-            pair, message = pairs[k], str(err).splitlines()[-1]
-            rows[k] = {"source": pair["source"], "target": pair["target"], "out": storage.redact(pair["out"]),
-                       "status": "failed", "reason": "error", "message": message}  # fmt: skip
-        row = rows[k]
-        log(f"[{len(pairs) - len(pending)}/{len(pairs)}] {row['target']} <- {row['source']}: {row['status']}"
-            + (f" ({row['reason']}: {row['message']})" if row["status"] != "ok" else ""))  # fmt: skip
+    with ray_session(cfg.pairs.address, min_cpus=cfg.pairs.cpus_per_pair) as ray:
+        task = ray.remote(num_cpus=cfg.pairs.cpus_per_pair, num_gpus=cfg.pairs.gpus_per_pair)(reenact_pair)
+        threads = max(1, int(cfg.pairs.cpus_per_pair))
+        pending = {task.remote(pair, cfg, threads): k for k, pair in enumerate(pairs)}
+        rows: list[dict | None] = [None] * len(pairs)
+        while pending:
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            k = pending.pop(done)
+            try:
+                rows[k] = ray.get(done)
+            except Exception as err:  # the task itself crashed (out of memory, a bug): that pair failed
+                pair = pairs[k]
+                rows[k] = {"source": pair["source"], "target": pair["target"],
+                           "out": storage.redact(pair["out"]), "status": "failed", "reason": "error",
+                           "message": str(err).splitlines()[-1]}  # fmt: skip
+            row = rows[k]
+            outcome = f" ({row['reason']}: {row['message']})" if row["status"] != "ok" else ""
+            log(f"[{len(pairs) - len(pending)}/{len(pairs)}] {row['target']} <- {row['source']}: "
+                f"{row['status']}{outcome}")  # fmt: skip
     table = io.StringIO()
     writer = csv.DictWriter(table, RESULT_COLUMNS, extrasaction="ignore")
     writer.writeheader()

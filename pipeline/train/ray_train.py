@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from infra import storage
+from infra.ray_session import ray_session
 from infra.tracking import NullTracker, Tracker, local_store_uri
 from pipeline.train.checkpoint import list_checkpoints, provenance
 from pipeline.train.config import TrainConfig
@@ -94,37 +95,32 @@ def run_training(cfg: TrainConfig, data_uri: str, run_name: str) -> dict:
             tracker.end(status)
         return {**info, "metrics": metrics}
 
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=cfg.cluster.address, log_to_driver=True)
-        else:
-            # More logical CPUs than the workers reserve: Ray Train's controller needs a slot too.
-            wanted = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker + 1
-            ray.init(num_cpus=max(2 * (os.cpu_count() or 1), wanted), include_dashboard=False)
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config={
-            "cfg": cfg,
-            "data_uri": data_uri,
-            "run_dir": run_dir,
-            "run_name": run_name,
-            "provenance": provenance(),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.cluster.num_workers,
-            use_gpu=cfg.cluster.use_gpu,
-            resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=cfg.run.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
-        ),
-    )
-    trainer.fit()
+    # More logical CPUs than the workers reserve: Ray Train's controller needs a slot too.
+    wanted = cfg.cluster.num_workers * cfg.cluster.cpus_per_worker + 1
+    with ray_session(cfg.cluster.address, min_cpus=wanted):
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={
+                "cfg": cfg,
+                "data_uri": data_uri,
+                "run_dir": run_dir,
+                "run_name": run_name,
+                "provenance": provenance(),
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.cluster.num_workers,
+                use_gpu=cfg.cluster.use_gpu,
+                resources_per_worker={"CPU": cfg.cluster.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=cfg.run.storage_path,
+                failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
+            ),
+        )
+        trainer.fit()
     sys.stdout.flush()
     return {**info, "metrics": json.loads(storage.read_text(storage.join(run_dir, LAST_METRICS_FILE)))}

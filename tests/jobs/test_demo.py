@@ -6,6 +6,7 @@ import json
 
 import av
 import pytest
+import ray
 
 from jobs import demo
 
@@ -16,6 +17,7 @@ def test_the_demo_runs_the_whole_chain_from_shared_inputs(tmp_path, shared_video
     out = tmp_path / "demo"
     shared = str(shared_videos.parents[1])
     assert demo.main(["--output", str(out), "--quick", "--no-download", "--shared", shared]) == 0
+    assert not ray.is_initialized()  # each stage shut down the Ray it started: nothing left to go stale
     artefacts = json.loads((out / "artefacts.json").read_text())
     names = ("contact sheets", "training previews", "training samples", "person model", "fine-tuning table",
              "reenactment video", "evaluation report")  # fmt: skip
