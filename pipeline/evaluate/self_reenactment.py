@@ -34,7 +34,7 @@ from infra import storage
 from infra.config import from_dict
 from infra.tracking import Tracker, TrackingConfig, local_store_uri
 from model.face3d.loader import load_morphable_model
-from pipeline import media
+from pipeline import media, schema
 from pipeline.evaluate.distributions import fid_pooled, kid_per_identity
 from pipeline.evaluate.identity_features import (
     IdentityConfig,
@@ -58,6 +58,7 @@ from pipeline.reenact.synthesis import StreamingSynthesizer
 from pipeline.train import data
 
 IDENTITY_COLUMN = "person"  # the per-person table's key column
+IDENTITY_ESTIMATOR = "identity_embedding"  # the provenance key of the identity metrics' embedder
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,9 @@ def held_out(person: PersonModel, data_uri: str) -> HeldOut:
     crop = person.statistics.crop_px
     full = data.ClipDataset(split_data.holdout, dataclasses.replace(cfg, image_px=crop))
     small = data.ClipDataset(split_data.holdout, cfg)
-    names = ("real", "generated", "real_mask", "generated_mask", "nmfc", "flow")
+    names = ("real", "generated", "real_mask", "generated_mask", schema.NMFC, schema.FLOW)
     parts: dict[str, list] = {k: [] for k in names}
-    rows: dict[str, list] = {"window": [], "frame_index": [], "unit": []}
+    rows: dict[str, list] = {"window": [], schema.FRAME_INDEX: [], "unit": []}
     synthesizer = StreamingSynthesizer(person.generator)
     for unit, first, count in zip(
         split_data.holdout.run_unit, split_data.holdout.run_first_row, split_data.holdout.run_frames
@@ -128,14 +129,15 @@ def held_out(person: PersonModel, data_uri: str) -> HeldOut:
             parts["generated_mask"].append(_up(masks, crop, "bilinear")[:, 0].numpy())
             parts["real"].append(media.generator_images(real[data.RGB]))
             parts["real_mask"].append(real[data.MASK][:, 0].numpy())
-            parts["nmfc"].append(media.generator_images(real[data.NMFC]))
+            parts[schema.NMFC].append(media.generator_images(real[data.NMFC]))
             flow = torch.cat([real[data.FLOW], torch.zeros_like(real[data.FLOW][:1])])  # (T, 2, S, S)
-            parts["flow"].append(flow.permute(0, 2, 3, 1).numpy())
+            parts[schema.FLOW].append(flow.permute(0, 2, 3, 1).numpy())
             rows["window"].append(np.full(clip_frames, len(rows["window"])))
-            rows["frame_index"].append(real[data.FRAME_INDEX].numpy())
+            rows[schema.FRAME_INDEX].append(real[data.FRAME_INDEX].numpy())
             rows["unit"].append(np.full(clip_frames, int(unit)))
     stacked = {k: np.concatenate(v) for k, v in parts.items()}
-    fits = _stored_fits(split_data.index, np.concatenate(rows["unit"]), np.concatenate(rows["frame_index"]))
+    units, frame_index = np.concatenate(rows["unit"]), np.concatenate(rows[schema.FRAME_INDEX])
+    fits = _stored_fits(split_data.index, units, frame_index)
     return HeldOut(**stacked, **fits, window=np.concatenate(rows["window"]))
 
 
@@ -145,9 +147,7 @@ def _stored_fits(index, units: np.ndarray, frame_index: np.ndarray) -> dict[str,
 
     import pyarrow.parquet as pq
 
-    from pipeline import schema
-
-    out = {"landmarks_px": [], "expression": [], "camera": []}
+    out: dict[str, list] = {schema.LANDMARKS_PX: [], schema.EXPRESSION: [], schema.CAMERA: []}
     tables = {}
     for unit, frame in zip(units, frame_index):
         if unit not in tables:
@@ -158,10 +158,11 @@ def _stored_fits(index, units: np.ndarray, frame_index: np.ndarray) -> dict[str,
             tables[unit] = (table, {f: i for i, f in enumerate(table[schema.FRAME_INDEX])})
         table, row_of = tables[unit]
         row = row_of[int(frame)]
-        out["landmarks_px"].append(np.asarray(table[schema.LANDMARKS_PX][row], np.float64).reshape(68, 2))
-        out["expression"].append(np.asarray(table[schema.EXPRESSION][row], np.float64))
-        out["camera"].append(np.asarray(table[schema.CAMERA][row], np.float64))
-    return {k: np.stack(v) for k, v in out.items()}
+        for column, values in out.items():
+            values.append(np.asarray(table[column][row], np.float64))
+    fits = {k: np.stack(v) for k, v in out.items()}
+    fits[schema.LANDMARKS_PX] = fits[schema.LANDMARKS_PX].reshape(-1, 68, 2)
+    return fits
 
 
 def _windows(values: np.ndarray, window: np.ndarray) -> list[np.ndarray]:
@@ -190,7 +191,7 @@ def evaluate_person(
     similarity = identity_similarity(generated_ids, real_ids)
     row["identity_cosine"] = similarity.mean_cosine
     row["identity_l2"] = similarity.mean_l2
-    provenance = {"identity": generated_ids.provenance}
+    provenance = {IDENTITY_ESTIMATOR: generated_ids.provenance}
     if cfg.refit:
         boxes = np.tile([[0.2, 0.2, 0.8, 0.8]], (len(frames.generated), 1)) * frames.generated.shape[1]
         landmarks = detect_landmarks(frames.generated, boxes.astype(np.float32), cfg.landmarks)
@@ -245,7 +246,7 @@ def evaluate_people(
     per_person = make_table(
         "self_reenactment_per_person",
         rows,
-        estimators={"identity": estimator, "landmarks": cfg.landmarks.backend},
+        estimators={IDENTITY_ESTIMATOR: estimator, "landmarks": cfg.landmarks.backend},
         alignment=next(iter(features_generated.values())).alignment,
         sample_counts={r[IDENTITY_COLUMN]: r["frames"] for r in rows},
         warnings=[],
@@ -254,7 +255,7 @@ def evaluate_people(
     pooled_table = make_table(
         "self_reenactment_pooled",
         [{"people": len(rows), "frames": sum(r["frames"] for r in rows), "fid": pooled.value}],
-        estimators={"identity": estimator},
+        estimators={IDENTITY_ESTIMATOR: estimator},
         sample_counts={"generated": pooled.count_a, "real": pooled.count_b},
         warnings=fid_warnings({"pooled FID": pooled}),
     )

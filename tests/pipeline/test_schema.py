@@ -30,12 +30,26 @@ def _string_literals(path: Path) -> list[tuple[int, str]]:
     ]
 
 
+def _reads_or_writes_shards(path: Path) -> bool:
+    """Whether the module imports the schema or pyarrow. The others keep tables of their own (reenact.csv's
+    ``source`` and ``status``) whose words may equal a column's."""
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return any(name == "pipeline.schema" or name.split(".")[0] == "pyarrow" for name in imported)
+
+
 def test_no_column_name_is_spelled_outside_the_schema_module():
     columns = set(schema.FRAME_SCHEMA.names) | set(schema.VIDEO_SCHEMA.names)
+    modules = sorted(p for p in PIPELINE.rglob("*.py") if p.name != "schema.py")
+    scanned = [path for path in modules if _reads_or_writes_shards(path)]
+    assert {"shard_writer.py", "data.py", "self_reenactment.py"} <= {p.name for p in scanned}
     found = [
         f"{path.relative_to(PIPELINE.parent)}:{line}: {value!r}"
-        for path in sorted(PIPELINE.rglob("*.py"))
-        if path.name != "schema.py"
+        for path in scanned
         for line, value in _string_literals(path)
         if value in columns
     ]

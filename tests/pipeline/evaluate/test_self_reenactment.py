@@ -20,7 +20,7 @@ def test_evaluation_job_writes_tables_with_provenance_and_a_report(tiny_person, 
         assert math.isfinite(row[name]), name
     assert 0 < row["apd"] < 442 and 0 <= row["mask_iou"] <= 1
     provenance = summary["per_person"]["provenance"]
-    assert provenance["estimators"]["identity"].startswith("dlib_resnet_v1 sha256:")
+    assert provenance["estimators"]["identity_embedding"].startswith("dlib_resnet_v1 sha256:")
     assert "dlib" in provenance["versions"] or "dlib-bin" in provenance["versions"]
     assert summary["pooled"]["warnings"]  # FID on 9 frames is flagged as unstable
     page = (out / "report.html").read_text()
