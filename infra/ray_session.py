@@ -37,7 +37,9 @@ def ray_session(address: str | None, num_cpus: int | None = None, min_cpus: floa
         ray.init(address=address, log_to_driver=True)
     else:
         cpus = num_cpus or max(2 * (os.cpu_count() or 1), math.ceil(min_cpus))
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+        # With the dashboard (when installed): its State API is what Ray Train's placement-group cleaner
+        # polls, and without it that actor warns every few seconds.
+        ray.init(address="local", num_cpus=cpus)
     try:
         yield ray
     finally:

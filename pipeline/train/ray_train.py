@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -30,7 +31,18 @@ LAST_METRICS_FILE = "last_metrics.json"  # in the run folder: rank 0's last logg
 
 
 def _log(message: str) -> None:
-    print(message, flush=True)
+    # Not print(): in a Ray Train worker print is patched to reach the driver twice (stdout and a log record).
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def _quiet_report_log() -> None:
+    """Ray Train logs each report's whole metrics dict at INFO; the progress line says the same, readably."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray Train version: its own logging stays as it is
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)  # Ray names this logger by file
 
 
 def _tracker(cfg: TrainConfig, run_name: str, run_dir: str) -> Tracker:
@@ -51,6 +63,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    _quiet_report_log()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     cfg: TrainConfig = config["cfg"]
