@@ -177,6 +177,58 @@ def plan(
     return sources, [s for s in sources if s.video_id not in done], cfg_hash
 
 
+def _process(
+    ray, cfg: PreprocessJobConfig, todo: list[VideoSource], output: str, cfg_hash: str, log
+) -> set[str]:
+    """Runs the chain over ``todo`` as a Ray Data pipeline, logging each video as it finishes; returns the
+    ids of the units written."""
+    processed: set[str] = set()
+    resources = ray.cluster_resources()
+    gpu = float(resources.get("GPU", 0)) > 0
+    auto_actors = max(1, int(resources.get("CPU", 1)) // 2)
+    p = cfg.preprocess
+    items = [_to_ray(chain.new_row(s)) for s in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    writer_args = (p, output, cfg_hash, cfg.ray.threads_per_actor)
+    if cfg.ray.stages == "fused":
+        ds = ds.flat_map(
+            _Preprocess,
+            fn_constructor_args=writer_args,
+            compute=_pool(cfg.ray.actors or auto_actors, len(todo)),
+            num_cpus=cfg.ray.threads_per_actor,
+            num_gpus=0.5 if gpu else 0,
+        )
+    else:
+        ds = ds.flat_map(
+            _DecodeLandmarks,
+            fn_constructor_args=(p, cfg.ray.threads_per_actor),
+            compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
+            num_cpus=cfg.ray.threads_per_actor,
+            num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
+        )
+        ds = ds.map(
+            _FitRenderWrite,
+            fn_constructor_args=writer_args,
+            compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
+            num_cpus=cfg.ray.threads_per_actor,
+            num_gpus=0.5 if gpu else 0,
+        )
+    units: dict[str, list[schema.VideoRecord]] = defaultdict(list)
+    finished = 0
+    for row in ds.iter_rows():
+        unit = schema.VideoRecord.from_dict(row)
+        processed.add(unit.video_id)
+        units[unit.source_video_id].append(unit)
+        finished += schema.video_complete(units[unit.source_video_id])
+        outcome = f"{unit.kept_frames} frames" if unit.ok else unit.reason
+        log(
+            f"[{finished}/{len(todo)} videos] {unit.video_id}: {unit.status} "
+            f"({outcome}, {unit.seconds:.1f} s)"
+        )
+        sys.stdout.flush()
+    return processed
+
+
 def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=print) -> dict:
     """Runs the job: returns the run summary (also written to ``output``/summary.json)."""
     start, started_at = time.perf_counter(), time.time()
@@ -191,49 +243,7 @@ def run_preprocess(cfg: PreprocessJobConfig, input_uri: str, output: str, log=pr
     processed: set[str] = set()
     if todo:
         with ray_session(cfg.ray.address, cfg.ray.num_cpus) as ray:
-            resources = ray.cluster_resources()
-            gpu = float(resources.get("GPU", 0)) > 0
-            auto_actors = max(1, int(resources.get("CPU", 1)) // 2)
-            p = cfg.preprocess
-            items = [_to_ray(chain.new_row(s)) for s in todo]
-            ds = ray.data.from_items(items, override_num_blocks=len(items))
-            writer_args = (p, output, cfg_hash, cfg.ray.threads_per_actor)
-            if cfg.ray.stages == "fused":
-                ds = ds.flat_map(
-                    _Preprocess,
-                    fn_constructor_args=writer_args,
-                    compute=_pool(cfg.ray.actors or auto_actors, len(todo)),
-                    num_cpus=cfg.ray.threads_per_actor,
-                    num_gpus=0.5 if gpu else 0,
-                )
-            else:
-                ds = ds.flat_map(
-                    _DecodeLandmarks,
-                    fn_constructor_args=(p, cfg.ray.threads_per_actor),
-                    compute=_pool(cfg.ray.landmark_actors or auto_actors, len(todo)),
-                    num_cpus=cfg.ray.threads_per_actor,
-                    num_gpus=0.5 if gpu and p.landmarks.backend == "fan" else 0,
-                )
-                ds = ds.map(
-                    _FitRenderWrite,
-                    fn_constructor_args=writer_args,
-                    compute=_pool(cfg.ray.render_actors or auto_actors, len(todo)),
-                    num_cpus=cfg.ray.threads_per_actor,
-                    num_gpus=0.5 if gpu else 0,
-                )
-            units: dict[str, list[schema.VideoRecord]] = defaultdict(list)
-            finished = 0
-            for row in ds.iter_rows():
-                unit = schema.VideoRecord.from_dict(row)
-                processed.add(unit.video_id)
-                units[unit.source_video_id].append(unit)
-                finished += schema.video_complete(units[unit.source_video_id])
-                outcome = f"{unit.kept_frames} frames" if unit.ok else unit.reason
-                log(
-                    f"[{finished}/{len(todo)} videos] {unit.video_id}: {unit.status} "
-                    f"({outcome}, {unit.seconds:.1f} s)"
-                )
-                sys.stdout.flush()
+            processed = _process(ray, cfg, todo, output, cfg_hash, log)
     records = shard_writer.read_records(output)
     shard_writer.write_videos_table(output, records)
     summary = shard_writer.summarise(records, processed, time.perf_counter() - start, started_at)
