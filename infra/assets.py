@@ -71,7 +71,7 @@ def archive_url(repo: str, commit: str, base_url: str | None = None) -> str:
     return f"{mirror(base_url) or GITHUB}/{repo}/archive/{commit}.zip"
 
 
-# Sample clips: the Makefile's DEMO_CLIPS, under the names they have in ../shared/data/videos.
+# The demo's sample clips (DEMO_CLIPS), under the names they have in ../shared/data/videos.
 CLIPS = {
     "liveportrait_d0": RepoFile(
         repo="KwaiVGI/LivePortrait",
@@ -290,7 +290,6 @@ ICT_FILES = tuple(
     RepoFile(ICT_REPO, ICT_COMMIT, path, sha256, int(size), ICT_LICENCE)
     for sha256, size, path in (line.split() for line in _ICT_TABLE.strip().splitlines())
 )
-ICT_FILES_BYTES = sum(f.size_bytes for f in ICT_FILES)
 
 
 def ict_archive_asset(base_url: str | None = None) -> Asset:

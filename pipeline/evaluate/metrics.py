@@ -203,9 +203,6 @@ class WarpingErrors:
     real: float
     pairs: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        return dataclasses.asdict(self)
-
 
 def flow_warping_errors(
     generated: np.ndarray,

@@ -32,13 +32,12 @@ _REPLICATE, _CONSTANT = cv2.BORDER_REPLICATE, cv2.BORDER_CONSTANT
 @dataclass(frozen=True, eq=False)
 class TargetCanvas:
     """A reconstructed video of the person: path (local), track (T rows), cameras (T, 7) float64 in the
-    track's crop pixels (``track.crop_size``), fps."""
+    track's crop pixels (``track.crop_size``)."""
 
     path: str
     source: str
     track: FaceTrack
     cameras: np.ndarray
-    fps: float
 
     def __len__(self) -> int:
         return len(self.track)
@@ -76,7 +75,7 @@ def load_canvas(path: str, source: str, model: MorphableModel, config: Reconstru
     recon = reconstruct_video(path, model, config)
     track = recon.landmarks.track
     cameras = np.asarray(recon.fit.camera, np.float64)
-    return TargetCanvas(path, source, track, cameras, recon.landmarks.fps or 25.0)
+    return TargetCanvas(path, source, track, cameras)
 
 
 def paste(frame: np.ndarray, crop: np.ndarray, frame_to_crop: np.ndarray, feather: float) -> np.ndarray:
