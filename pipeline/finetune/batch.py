@@ -10,7 +10,6 @@ far, newest row per person) and the same table printed.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import os
@@ -26,7 +25,7 @@ from model.face3d.loader import load_morphable_model
 from pipeline import schema
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.loop import default_tracking_uri, finetune_hash, finetune_in_process
-from pipeline.finetune.person_model import STATUS_DONE, TABLE_COLUMNS, TABLE_FILE, PersonStatus, read_status
+from pipeline.finetune.person_model import STATUS_DONE, PersonStatus, read_status, read_table, write_table
 from pipeline.preprocess.chain import preprocess_in_process
 
 SHARDS_DIR = "shards"  # raw videos given as --data are preprocessed into <storage_path>/shards
@@ -92,24 +91,6 @@ def plan_batch(
     return [i for i in identities if i not in finished], done
 
 
-def write_table(cfg: FinetuneConfig, statuses: list[PersonStatus]) -> str:
-    """Merges ``statuses`` into ``finetune.csv`` (newest row per person); returns the table as text."""
-    uri = storage.join(cfg.run.storage_path, TABLE_FILE)
-    table: dict[str, PersonStatus] = {}
-    if storage.exists(uri):
-        for row in csv.DictReader(io.StringIO(storage.read_text(uri))):
-            status = PersonStatus.from_dict(row)
-            table[status.identity] = status
-    table.update({s.identity: s for s in statuses})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=TABLE_COLUMNS)
-    writer.writeheader()
-    for identity in sorted(table):
-        writer.writerow(table[identity].as_dict())
-    storage.write_text(uri, text.getvalue())
-    return text.getvalue()
-
-
 def run_batch(
     cfg: FinetuneConfig,
     init_uri: str,
@@ -122,6 +103,7 @@ def run_batch(
     todo, done = plan_batch(cfg, init_uri, data_uri, identities)
     log(f"{len(identities)} people: {len(todo)} to fine-tune, {len(done)} done with the same settings")
     statuses = [dataclasses.replace(s, status=STATUS_DONE) for s in done]
+    fresh: list[PersonStatus] = []
     if todo:
         parent = Tracker(
             cfg.tracking,
@@ -142,5 +124,7 @@ def run_batch(
         finally:
             parent.end("FINISHED")
         statuses += fresh
-    log(write_table(cfg, [s for s in statuses if s.status != STATUS_DONE]))
+    table = read_table(cfg.run.storage_path)
+    table.update({s.identity: s for s in fresh})  # the newest row per person
+    log(write_table(cfg.run.storage_path, table))
     return statuses

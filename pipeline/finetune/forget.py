@@ -17,9 +17,7 @@ Returns what was removed, so that the caller can report it.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import torch
 from infra import storage
 from infra.tracking import TrackingConfig, delete_run, find_runs, resolve_tracking_uri
 from pipeline import schema
-from pipeline.finetune.person_model import IDENTITY_TAG, TABLE_COLUMNS, TABLE_FILE, PersonStatus, person_dir
+from pipeline.finetune.person_model import IDENTITY_TAG, person_dir, read_table, write_table
 from pipeline.preprocess import shard_writer
 from pipeline.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from pipeline.train.clip_index import vocabulary_from_json, vocabulary_to_json
@@ -65,14 +63,9 @@ def forget_data(data_uri: str, identity: str, report: Forgotten) -> None:
 
 def forget_finetuning(storage_path: str, identity: str, report: Forgotten) -> None:
     _remove(person_dir(storage_path, identity), report, recursive=True)
-    table = storage.join(storage_path, TABLE_FILE)
-    if storage.exists(table):
-        rows = [PersonStatus.from_dict(r) for r in csv.DictReader(io.StringIO(storage.read_text(table)))]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(r.as_dict() for r in rows if r.identity != identity)
-        storage.write_text(table, text.getvalue())
+    table = read_table(storage_path)
+    if table.pop(identity, None) is not None:
+        write_table(storage_path, table)
 
 
 def forget_training(run_dir: str, identity: str, report: Forgotten) -> None:

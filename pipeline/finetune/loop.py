@@ -55,7 +55,7 @@ from pipeline.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from pipeline.train.loop import StepPlan, WorkerContext, run_steps
+from pipeline.train.loop import NonFiniteTraining, StepPlan, WorkerContext, run_steps
 from pipeline.train.step import TrainStep
 
 BEST_FILE = "best.pt"  # the generator of the best held-out score so far (for keep = "best")
@@ -96,9 +96,7 @@ def finetune_person(
         status = _finetune(cfg, init_uri, data_uri, identity, folder, ctx, tracker)
     except PersonFailed as err:
         status = PersonStatus(identity, STATUS_FAILED, reason=err.reason, message=str(err))
-    except RuntimeError as err:
-        if "non-finite" not in str(err):
-            raise
+    except NonFiniteTraining as err:
         status = PersonStatus(identity, STATUS_FAILED, reason="non_finite", message=str(err))
     status = dataclasses.replace(
         status,

@@ -19,7 +19,9 @@ may carry non-commercial terms.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -150,6 +152,25 @@ class PersonStatus:
 
 
 TABLE_COLUMNS = tuple(f.name for f in dataclasses.fields(PersonStatus))
+
+
+def read_table(storage_path: str) -> dict[str, PersonStatus]:
+    """``storage_path``/finetune.csv by identity ({} before the first batch)."""
+    uri = storage.join(storage_path, TABLE_FILE)
+    if not storage.exists(uri):
+        return {}
+    rows = (PersonStatus.from_dict(r) for r in csv.DictReader(io.StringIO(storage.read_text(uri))))
+    return {status.identity: status for status in rows}
+
+
+def write_table(storage_path: str, table: dict[str, PersonStatus]) -> str:
+    """Writes ``storage_path``/finetune.csv, a row per person sorted by identity; returns its text."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(table[identity].as_dict() for identity in sorted(table))
+    storage.write_text(storage.join(storage_path, TABLE_FILE), text.getvalue())
+    return text.getvalue()
 
 
 def read_status(storage_path: str, identity: str) -> PersonStatus | None:

@@ -110,15 +110,12 @@ def parameters_in_sync(module: torch.nn.Module, device: torch.device) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
+class NonFiniteTraining(RuntimeError):
+    """Too many steps in a row had non-finite gradients, even after rolling back."""
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _image(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] or (1, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    x = x.detach().float().cpu()
-    x = x.expand(3, -1, -1) * 2 - 1 if x.shape[0] == 1 else x
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()
@@ -127,14 +124,12 @@ def render_preview(trainer: TrainStep, batch: dict) -> tuple[np.ndarray, list[np
     NMFC | real | generated | generated mask) and video frames (the clips one after another, each frame
     NMFC | real | generated), uint8 RGB."""
     _, fake, fake_mask = trainer.generate(batch)
-    real, nmfc = batch[data.RGB], batch[data.NMFC]
+    nmfc, real, fake = (media.generator_images(x) for x in (batch[data.NMFC], batch[data.RGB], fake))
+    mask = media.to_uint8(fake_mask[:, :, 0].float().cpu().numpy())  # (B, T, H, W), [0, 1] -> uint8
     t_mid = real.shape[1] // 2
-    rows = [
-        [_image(nmfc[b, t_mid]), _image(real[b, t_mid]), _image(fake[b, t_mid]), _image(fake_mask[b, t_mid])]
-        for b in range(real.shape[0])
-    ]
+    rows = [[nmfc[b, t_mid], real[b, t_mid], fake[b, t_mid], mask[b, t_mid]] for b in range(real.shape[0])]
     frames = [
-        np.concatenate([_image(nmfc[b, t]), _image(real[b, t]), _image(fake[b, t])], axis=1)
+        np.concatenate([nmfc[b, t], real[b, t], fake[b, t]], axis=1)
         for b in range(real.shape[0])
         for t in range(real.shape[1])
     ]
@@ -254,7 +249,7 @@ def run_steps(
             rollbacks += 1
             restored = restore()
             if restored is None or rollbacks > stability.max_rollbacks:
-                raise RuntimeError(
+                raise NonFiniteTraining(
                     f"step {step}: {bad_steps} steps in a row with non-finite gradients"
                     + ("" if restored else " and no checkpoint to roll back to")
                     + f" ({rollbacks} rollbacks); lower the learning rates or enable stability options"
