@@ -160,19 +160,6 @@ class TrainStep:
             out = generate_sequence(self.nets.generator, batch[data.NMFC], h, detach_prev=True)
         return h, out.frame.float(), out.mask.float()
 
-    def _temporal_inputs(
-        self, frames: torch.Tensor, flow: torch.Tensor
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per temporal scale of D^V: (K frames, K - 1 composed flows), the flows in float32."""
-        d_v = self.nets.temporal_discriminator.cfg
-        inputs = []
-        for s in range(d_v.num_temporal_scales):
-            idx = temporal_frame_indices(frames.shape[1], d_v.n_frames, s)
-            with torch.autocast(frames.device.type, enabled=False):
-                flows = flows_between(flow.float(), idx)
-            inputs.append((frames[:, idx], flows))
-        return inputs
-
     def __call__(self, batch: dict, step: int) -> dict[str, float]:
         stage = loss_stage(step, self.loss, self.schedule)
         device = batch[data.RGB].device
@@ -205,14 +192,17 @@ class TrainStep:
                     fake_m = _scores_float(self.nets.mouth_discriminator(fake_f, nmfc_f, mouth))
                     terms["adv_mouth"] = hinge_generator_loss(fake_m)
         if stage.temporal:
+            # Per D^V scale: the frame indices (K,) and the real clip's flows composed between them, used
+            # by both passes (float32: composing warps stays out of autocast).
+            d_v = self.nets.temporal_discriminator.cfg
+            windows = [temporal_frame_indices(T, d_v.n_frames, s) for s in range(d_v.num_temporal_scales)]
+            flows_v = [flows_between(batch[data.FLOW], idx) for idx in windows]
             adv_v, fm_v = fake.new_zeros(()), fake.new_zeros(())
-            real_in = self._temporal_inputs(real, batch[data.FLOW])
-            fake_in = self._temporal_inputs(fake, batch[data.FLOW])
-            for s, ((fr, fl), (ff, _)) in enumerate(zip(real_in, fake_in)):
+            for s, (idx, fl) in enumerate(zip(windows, flows_v)):
                 with self._autocast(device):
-                    fake_v = _scores_float(self.nets.temporal_discriminator(s, ff, fl))
+                    fake_v = _scores_float(self.nets.temporal_discriminator(s, fake[:, idx], fl))
                     with torch.no_grad():
-                        real_v = _scores_float(self.nets.temporal_discriminator(s, fr, fl))
+                        real_v = _scores_float(self.nets.temporal_discriminator(s, real[:, idx], fl))
                 adv_v = adv_v + hinge_generator_loss(fake_v)
                 fm_v = fm_v + feature_matching_loss(real_v, fake_v)
             terms["adv_temporal"], terms["fm_temporal"] = adv_v, fm_v
@@ -247,13 +237,11 @@ class TrainStep:
                     )
             if stage.temporal:
                 total_v = fake.new_zeros(())
-                real_in = self._temporal_inputs(real, batch[data.FLOW])
-                fake_in = self._temporal_inputs(fake, batch[data.FLOW])
-                for s, ((fr, fl), (ff, _)) in enumerate(zip(real_in, fake_in)):
+                for s, (idx, fl) in enumerate(zip(windows, flows_v)):
                     with self._autocast(device):
                         total_v = total_v + hinge_discriminator_loss(
-                            _scores_float(self.nets.temporal_discriminator(s, fr, fl)),
-                            _scores_float(self.nets.temporal_discriminator(s, ff, fl)),
+                            _scores_float(self.nets.temporal_discriminator(s, real[:, idx], fl)),
+                            _scores_float(self.nets.temporal_discriminator(s, fake[:, idx], fl)),
                         )
                 d_terms["temporal"] = total_v
         d_finite = True

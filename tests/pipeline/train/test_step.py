@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch.multiprocessing as mp
 from model.networks.losses import GENERATOR_TERMS, LossConfig, ObjectiveConfig
 from model.networks.renderer import VideoRenderer
 from pipeline.train import data
+from pipeline.train import step as step_module
 from pipeline.train.config import ScheduleConfig
 from pipeline.train.step import TrainStep, average_gradients, broadcast_parameters, loss_stage
 from tests.pipeline.train.train_inputs import tiny_config
@@ -101,6 +103,21 @@ def test_a_non_finite_step_updates_nothing(setup):
     assert not any(_changed(getattr(before, n), getattr(nets, n)) for n in ("generator", "embedder"))
     assert not _changed(before.image_discriminator, nets.image_discriminator)
     assert step.optimizer_g.state == {}  # Adam's moments untouched too
+
+
+def test_a_non_finite_discriminator_gradient_updates_no_network_either(setup, monkeypatch):
+    """G's gradients are finite and D's are not: the step is all or nothing, so G moves no more than D."""
+    cfg, dataset, batch = setup
+    nets, step = _trainer(cfg, len(dataset.index.vocabulary), schedule=ScheduleConfig())
+    before = copy.deepcopy(nets)
+    hinge = step_module.hinge_discriminator_loss
+    poisoned = lambda real, fake: hinge(real, fake) * float("nan")  # noqa: E731
+    monkeypatch.setattr(step_module, "hinge_discriminator_loss", poisoned)
+    metrics = step(batch, 0)
+    assert metrics["skipped"] == 1.0 and math.isfinite(metrics["loss/generator_total"])
+    for name, module in before.named_children():
+        assert not _changed(module, getattr(nets, name)), name
+    assert step.optimizer_g.state == {} and step.optimizer_d.state == {}
 
 
 def _worker(rank: int, world: int, init_file: str, results: dict) -> None:
