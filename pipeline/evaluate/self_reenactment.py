@@ -199,8 +199,9 @@ def evaluate_person(
         iod = np.linalg.norm(frames.landmarks_px[:, a] - frames.landmarks_px[:, b], axis=-1)
         distance = np.linalg.norm(landmarks - frames.landmarks_px, axis=-1).mean(-1) / iod
         row["landmark_distance_pct_iod"] = float(100 * distance.mean())
+        model = load_morphable_model(None)  # outside the try: a missing 3DMM is an error, not a NaN result
         try:
-            refit = fit_video(load_morphable_model(None), landmarks, config=cfg.fit)
+            refit = fit_video(model, landmarks, config=cfg.fit)
             row["expression_mae"] = float(np.abs(refit.expression - frames.expression).mean())
             angles = np.abs(refit.camera[:, :3] - frames.camera[:, :3])
             row["pose_error_deg"] = float(np.degrees(angles).mean())

@@ -288,13 +288,15 @@ class VideoLandmarks:
     """Landmarks of every kept frame of a video.
 
     landmarks_px (T, 68, 2) float32 in crop pixels; frame_index (T,) int64; fps of the video (0 for an
-    image); track: the face track with the crop transforms (``track.crop_to_frame`` maps back).
+    image); track: the face track with the crop transforms (``track.crop_to_frame`` maps back); crops
+    (T, S, S, 3) uint8 RGB, the face crops the landmarks were found on, when asked to keep them.
     """
 
     landmarks_px: np.ndarray
     frame_index: np.ndarray
     fps: float
     track: FaceTrack
+    crops: np.ndarray | None = None
 
     @property
     def crop_size(self) -> int:
@@ -306,6 +308,7 @@ def landmarks_for_video(
     decode_config: DecodeConfig | None = None,
     track_config: FaceTrackConfig | None = None,
     config: LandmarkConfig = LandmarkConfig(),
+    keep_crops: bool = False,
 ) -> VideoLandmarks:
     """Decode -> track -> crop -> landmarks for the kept frames of a video (or an image) as one face
     track, by the preprocessing job's path: ``track_and_crop`` (one decoding pass), then
@@ -322,4 +325,4 @@ def landmarks_for_video(
     info = video_info(path, decode_config)
     track, crops = track_and_crop(path, decode_config, track_config, None, info)
     landmarks = detect_landmarks(crops, track.face_box_crop_px().astype(np.float32), config)
-    return VideoLandmarks(landmarks, track.frame_index, info.fps, track)
+    return VideoLandmarks(landmarks, track.frame_index, info.fps, track, crops if keep_crops else None)

@@ -60,16 +60,19 @@ class Reconstruction:
 
 
 def reconstruct_video(
-    path: str | Path, model: MorphableModel, config: ReconstructConfig = ReconstructConfig()
+    path: str | Path,
+    model: MorphableModel,
+    config: ReconstructConfig = ReconstructConfig(),
+    keep_crops: bool = False,
 ) -> Reconstruction:
     """Face track, landmarks and 3DMM fit of every kept frame of a video (or a still image, T = 1).
 
     Raises VideoRejected subclasses (UnreadableVideo, TooShort, NoFace, MultipleFaces, FaceTooSmall,
     TrackLost for a track cut at a jump or a long gap, FitDiverged) for inputs that cannot be
-    reconstructed.
+    reconstructed. ``keep_crops`` keeps the face crops in ``landmarks.crops`` for callers that show them.
     """
     start = time.perf_counter()
-    landmarks = landmarks_for_video(path, config.decode, config.track, config.landmarks)
+    landmarks = landmarks_for_video(path, config.decode, config.track, config.landmarks, keep_crops)
     tracked = time.perf_counter()
     fit = fit_video(model, np.asarray(landmarks.landmarks_px, np.float64), config=config.fit)
     done = time.perf_counter()

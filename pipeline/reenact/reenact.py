@@ -180,7 +180,8 @@ def reenact(
     model = load_morphable_model(cfg.source.model.path)
     with contextlib.ExitStack() as stack:
         source_path = stack.enter_context(LocalCopy(source_uri))
-        recon = reconstruct_video(source_path, model, cfg.source)
+        keep_crops = cfg.side_by_side or cfg.identity_check_frames > 0  # shown / compared below
+        recon = reconstruct_video(source_path, model, cfg.source, keep_crops)
         seconds.update(recon.seconds)
         t0 = time.perf_counter()
         canvas = _canvas(person, model, cfg, stack, log)
@@ -224,8 +225,7 @@ def reenact(
         canvas_rows = ping_pong_indices(frame_count, len(canvas)).numpy() if canvas is not None else None
         checked = np.linspace(0, frame_count - 1, min(cfg.identity_check_frames, frame_count)).round()
         samples: dict[int, np.ndarray] = dict.fromkeys(checked.astype(int).tolist())
-        need_crops = cfg.side_by_side or bool(samples)
-        crops = _source_crops(source_path, recon, cfg) if need_crops else None
+        crops = recon.landmarks.crops
         fps = recon.landmarks.fps or 25.0
         marks = provenance_metadata(person_uri, source_uri, cfg)
         writer = media.VideoWriter(out_uri, fps=fps, audio_from=source_path, metadata=marks)
@@ -314,7 +314,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def identity_check(
-    generated: dict[int, np.ndarray], source_crops: list[np.ndarray], person: PersonModel
+    generated: dict[int, np.ndarray], source_crops: np.ndarray, person: PersonModel
 ) -> dict[str, float | str]:
     """Whose face the output shows: the mean identity cosine of output frames {index: (P, P, 3) uint8} to
     the person's key frame and to the source's crops at the same frames (a cross-identity reenactment
@@ -329,14 +329,6 @@ def identity_check(
         "identity_cosine_to_source": round(identity_similarity(output, source).mean_cosine, 4),
         "identity_estimator": output.estimator,
     }
-
-
-def _source_crops(path: str, recon, cfg: ReenactConfig) -> list[np.ndarray]:
-    """The source's face crops, for the side-by-side layout."""
-    from pipeline.preprocess.face_track import track_and_crop
-
-    _, crops = track_and_crop(path, cfg.source.decode, cfg.source.track)
-    return list(crops)
 
 
 def reenact_stream(

@@ -16,7 +16,10 @@ def test_evaluation_job_writes_tables_with_provenance_and_a_report(tiny_person, 
     summary = json.loads((out / "metrics.json").read_text())
     (row,) = summary["per_person"]["rows"]
     assert row["person"] == person and row["frames"] == 9  # the held-out frames: one window of T frames
-    for name in ("apd", "masked_apd", "mask_iou", "warping_error_relative", "identity_cosine", "kid"):
+    assert "refit_failed" not in row, row.get("refit_failed")
+    names = ("apd", "masked_apd", "mask_iou", "warping_error_relative", "identity_cosine", "kid",
+             "landmark_distance_pct_iod", "expression_mae", "pose_error_deg")  # fmt: skip
+    for name in names:
         assert math.isfinite(row[name]), name
     assert 0 < row["apd"] < 442 and 0 <= row["mask_iou"] <= 1
     provenance = summary["per_person"]["provenance"]

@@ -4,6 +4,7 @@ the side-by-side layout, and no seam where chunks meet."""
 from __future__ import annotations
 
 import av
+import cv2
 import decord
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import torch
 
 from model.networks.generator import generate_sequence
 from pipeline.finetune.person_model import load_person_model, person_model_uri
-from pipeline.reenact.reenact import ReenactConfig, reenact
+from pipeline.preprocess.decode import DecodeConfig
+from pipeline.preprocess.landmarks import landmarks_for_video
+from pipeline.reenact.reenact import ReenactConfig, identity_check, reenact
 from pipeline.reenact.synthesis import StreamingSynthesizer
 
 FRAMES = 30
@@ -39,6 +42,21 @@ def test_streaming_synthesis_in_chunks_equals_one_pass(tiny_person):
         synthesizer = StreamingSynthesizer(generator)
         frames = torch.cat([synthesizer.run(nmfc[k : k + chunk])[0] for k in range(0, len(nmfc), chunk)])
         assert torch.equal(frames, reference), chunk
+
+
+def test_identity_check_tells_the_source_from_the_person(tiny_person, shared_videos):
+    """Output frames that are the source's own crops are the source's face; the person's key frame is the
+    person's (the similarities a reenactment prints come from this)."""
+    people, person, _ = tiny_person
+    model = load_person_model(person_model_uri(people, person))
+    video = str(shared_videos / f"{SOURCE}.mp4")
+    crops = landmarks_for_video(video, DecodeConfig(max_frames=8), keep_crops=True).crops  # (8, S, S, 3)
+    key = model.statistics.key_frame.numpy()
+    size = 128
+    as_source = identity_check({t: cv2.resize(crops[t], (size, size)) for t in (0, 3)}, crops, model)
+    as_person = identity_check({t: cv2.resize(key, (size, size)) for t in (0, 3)}, crops, model)
+    assert as_source["identity_cosine_to_source"] > 0.95 > as_source["identity_cosine_to_target"]
+    assert as_person["identity_cosine_to_target"] > 0.95 > as_person["identity_cosine_to_source"]
 
 
 def test_reenactment_writes_a_playable_marked_video(tiny_person, shared_videos, tmp_path):
