@@ -72,6 +72,7 @@ LANDMARKS_PX = "landmarks_px"  # 68 (x, y) landmarks in crop pixels (model/face3
 EXPRESSION = "expression"  # 3DMM expression coefficients of the frame (N_exp,)
 CAMERA = "camera"  # (pitch, yaw, roll, tx, ty, tz, scale), crop pixels (model/face3d/camera.py)
 MOUTH_BOX_PX = "mouth_box_px"  # mouth crop (x0, y0, x1, y1) for the mouth discriminator
+LANDMARK_CONFIDENCE = "landmark_confidence"  # float32 in [0, 1]: the landmark backend's face-presence score
 
 FRAME_SCHEMA = pa.schema(
     [
@@ -86,6 +87,7 @@ FRAME_SCHEMA = pa.schema(
         (EXPRESSION, pa.list_(pa.float32())),
         (CAMERA, pa.list_(pa.float32(), 7)),
         (MOUTH_BOX_PX, pa.list_(pa.int32(), 4)),
+        (LANDMARK_CONFIDENCE, pa.float32()),
     ]
 )
 
@@ -136,6 +138,9 @@ class VideoRecord:
     message: str = _column(pa.string(), "")  # a sentence for people
     frame_count: int = _column(pa.int32(), 0)  # frames in the source video
     kept_frames: int = _column(pa.int32(), 0)  # rows in the shard
+    # Frames left out of the shard because their landmarks were unreliable (landmarks.min_presence): a gap
+    # in frame_index, which training clips never span.
+    dropped_frames: int = _column(pa.int32(), 0)
     fps: float = _column(pa.float32(), 0.0)
     width: int = _column(pa.int32(), 0)
     height: int = _column(pa.int32(), 0)

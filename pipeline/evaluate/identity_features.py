@@ -38,7 +38,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks, dlib_model_file
+from pipeline.preprocess.landmarks import (
+    LandmarkConfig,
+    backend_description,
+    detect_landmarks,
+    dlib_model_file,
+)
 from pipeline.preprocess.track_parts import FaceTrackConfig
 
 DLIB_RESNET = "dlib_resnet_v1"
@@ -77,7 +82,8 @@ class IdentityConfig:
     face_box_fraction: float = 1.0 / FaceTrackConfig().crop_scale
     num_jitters: int = 0
     padding: float = 0.25
-    landmarks: LandmarkConfig = LandmarkConfig()
+    # dlib's own 68 points: its face-recognition network was trained on crops aligned by them.
+    landmarks: LandmarkConfig = LandmarkConfig(backend="dlib")
     device: str = "cpu"
     batch_size: int = 32
 
@@ -196,7 +202,7 @@ def _dlib_embeddings(
         descriptors = network.compute_face_descriptor(images, shapes, config.num_jitters, config.padding)
         out[start:stop] = [np.asarray(d[0]) for d in descriptors]
     alignment = (
-        f"68 landmarks ({config.landmarks.backend} {config.landmarks.dlib_runtime} predictor) in the face "
+        f"68 landmarks ({backend_description(config.landmarks)}) in the face "
         f"box, rounded to pixels -> dlib get_face_chip_details (landmarks 17-67, {DLIB_CHIP_PX} px, padding "
         f"{config.padding}); jitters {config.num_jitters}"
     )
@@ -286,7 +292,7 @@ def _arcface_embeddings(
         x = aligned[start : start + config.batch_size].astype(np.float32) / np.float32(127.5) - 1.0
         chunks.append(np.asarray(network(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), np.float32))
     alignment = (
-        f"68 landmarks ({config.landmarks.backend} {config.landmarks.dlib_runtime} predictor) -> 5 points -> "
+        f"68 landmarks ({backend_description(config.landmarks)}) -> 5 points -> "
         f"least-squares similarity onto insightface's {ARCFACE_INPUT_PX} px ArcFace template"
     )
     return IdentityFeatures(

@@ -52,8 +52,8 @@ from pipeline.evaluate.provenance import evaluator_versions, fid_warnings, make_
 from pipeline.finetune.config import SplitConfig
 from pipeline.finetune.person import person_data
 from pipeline.finetune.person_model import IDENTITY_TAG, PersonModel, load_person_model, person_dir
-from pipeline.preprocess.fit_3dmm import OUTER_EYE_CORNERS, FitConfig, fit_video
-from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks
+from pipeline.preprocess.fit_3dmm import OUTER_EYE_CORNERS, FitConfig, fit_config_for, fit_video
+from pipeline.preprocess.landmarks import LandmarkConfig, backend_description, detect_landmarks
 from pipeline.reenact.synthesis import StreamingSynthesizer
 from pipeline.train import data
 
@@ -201,7 +201,7 @@ def evaluate_person(
         row["landmark_distance_pct_iod"] = float(100 * distance.mean())
         model = load_morphable_model(None)  # outside the try: a missing 3DMM is an error, not a NaN result
         try:
-            refit = fit_video(model, landmarks, config=cfg.fit)
+            refit = fit_video(model, landmarks, config=fit_config_for(cfg.fit, cfg.landmarks.backend))
             row["expression_mae"] = float(np.abs(refit.expression - frames.expression).mean())
             angles = np.abs(refit.camera[:, :3] - frames.camera[:, :3])
             row["pose_error_deg"] = float(np.degrees(angles).mean())
@@ -209,7 +209,7 @@ def evaluate_person(
             row["expression_mae"] = row["pose_error_deg"] = float("nan")
             row["refit_failed"] = str(err)
         provenance["landmarks"] = (
-            f"{cfg.landmarks.backend} ({cfg.landmarks.dlib_runtime}); the same detector made the "
+            f"{backend_description(cfg.landmarks)}; the same detector made the "
             "conditioning, so landmark distance and the refit are partly circular"
         )
     return row, provenance, generated_ids, real_ids

@@ -14,8 +14,8 @@ yields one row per part; from there on a part is a unit of its own (own id, fit,
 one segment's frames are in memory at a time.
 
 Heavy arrays, T frames of the unit, crop size S: crops (T, S, S, 3) uint8, frame_index (T,) int64,
-face_boxes_px (T, 4), landmarks_px (T, 68, 2), expression (T, N_exp), camera (T, 7), nmfc (T, S, S, 3)
-uint8, face_mask (T, S, S) bool, mouth_box_px (T, 4) int32.
+face_boxes_px (T, 4), landmarks_px (T, 68, 2), landmark_confidence (T,), expression (T, N_exp), camera
+(T, 7), nmfc (T, S, S, 3) uint8, face_mask (T, S, S) bool, mouth_box_px (T, 4) int32.
 """
 
 from __future__ import annotations
@@ -38,13 +38,18 @@ from infra import storage
 from model.face3d.loader import MorphableModelConfig
 from model.face3d.morphable_model import MorphableModel
 from pipeline import schema
-from pipeline.errors import VideoRejected
+from pipeline.errors import TooShort, VideoRejected
 from pipeline.preprocess import shard_writer
 from pipeline.preprocess.decode import DecodeConfig, VideoInfo, check_length, split_segments, video_info
 from pipeline.preprocess.face_track import load_detector, track_and_crop_parts
-from pipeline.preprocess.fit_3dmm import FitConfig, fit_video
+from pipeline.preprocess.fit_3dmm import FitConfig, fit_config_for, fit_video
 from pipeline.preprocess.flow import FlowConfig, optical_flow
-from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks, load_landmark_model
+from pipeline.preprocess.landmarks import (
+    LandmarkConfig,
+    landmark_weights,
+    landmarks_and_confidence,
+    load_landmark_model,
+)
 from pipeline.preprocess.manifest import VideoSource
 from pipeline.preprocess.masks import MaskConfig, foreground_masks, landmark_face_masks
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
@@ -68,6 +73,7 @@ HEAVY_KEYS = (
     schema.CAMERA,
     schema.NMFC,
     schema.MOUTH_BOX_PX,
+    schema.LANDMARK_CONFIDENCE,
 )
 
 
@@ -280,16 +286,36 @@ def decode_crop(
 
 
 def landmarks(row: Row, cfg: PreprocessConfig) -> Row:
-    """68 landmarks per crop with the configured backend."""
-    row[schema.LANDMARKS_PX] = detect_landmarks(
+    """68 landmarks and their confidence per crop with the configured backend; frames whose face-presence
+    score is below ``landmarks.min_presence`` (the face mesh lost the face: heavy occlusion, a turn away)
+    are dropped from the unit, leaving a gap in its frame_index that no training clip spans. Raises
+    TooShort when fewer than ``decode.min_frames`` frames are left."""
+    points, confidence = landmarks_and_confidence(
         np.asarray(row[ROW_CROPS]), np.asarray(row[ROW_FACE_BOXES_PX]), cfg.landmarks
     )
+    keep = confidence >= cfg.landmarks.min_presence
+    if not keep.all():
+        for key in (ROW_CROPS, ROW_FACE_BOXES_PX, schema.FRAME_INDEX):
+            row[key] = np.asarray(row[key])[keep]
+        points, confidence = points[keep], confidence[keep]
+        if keep.sum() < cfg.decode.min_frames:
+            raise TooShort(
+                f"{record(row).video_id}: only {int(keep.sum())} of {len(keep)} frames have reliable "
+                f"landmarks (face-presence score >= landmarks.min_presence={cfg.landmarks.min_presence})"
+            )
+        update(row, dropped_frames=int((~keep).sum()))
+    row[schema.LANDMARKS_PX], row[schema.LANDMARK_CONFIDENCE] = points, confidence
     return row
 
 
 def fit(row: Row, cfg: PreprocessConfig, model: MorphableModel) -> Row:
     """The per-unit 3DMM fit (Eq. 2)."""
-    result = fit_video(model, np.asarray(row[schema.LANDMARKS_PX]), config=cfg.fit)
+    result = fit_video(
+        model,
+        np.asarray(row[schema.LANDMARKS_PX]),
+        weights=landmark_weights(np.asarray(row[schema.LANDMARK_CONFIDENCE]), cfg.landmarks),
+        config=fit_config_for(cfg.fit, cfg.landmarks.backend),
+    )
     row[schema.EXPRESSION] = result.expression.astype(np.float32)
     row[schema.CAMERA] = result.camera.astype(np.float32)
     return update(
@@ -350,6 +376,7 @@ def masks_flow_write(row: Row, cfg: PreprocessConfig, output: str) -> Row:
         schema.EXPRESSION: np.asarray(row[schema.EXPRESSION], np.float32).tolist(),
         schema.CAMERA: np.asarray(row[schema.CAMERA], np.float32).tolist(),
         schema.MOUTH_BOX_PX: np.asarray(row[schema.MOUTH_BOX_PX], np.int32).tolist(),
+        schema.LANDMARK_CONFIDENCE: np.asarray(row[schema.LANDMARK_CONFIDENCE], np.float32).tolist(),
     }
     shard = shard_writer.write_shard(output, unit.video_id, columns)
     sheet = shard_writer.contact_sheet(

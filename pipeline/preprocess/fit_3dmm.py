@@ -32,6 +32,7 @@ camera conventions (rotation, projection) are ``model.face3d.camera``'s.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,9 +101,27 @@ class FitConfig:
     # average, so further rounds would change the fit by far less than its landmark error (about 1.5% of
     # d) and the detector's noise; a fit cut short or still sliding (a hard track) stays above it.
     converged_move_iod: float = 1e-3
-    jaw_contour: bool = True  # silhouette correspondence for landmarks 0-7 and 9-16
+    # Silhouette correspondence for landmarks 0-7 and 9-16: right for detectors whose jawline is the visible
+    # outline (dlib, FAN), wrong for the face mesh, whose points are fixed on the surface. None follows the
+    # landmark backend (``fit_config_for``); a fit given None uses the silhouette.
+    jaw_contour: bool | None = None
     jaw_weight: float = 1.0  # weight of the jawline landmarks 0-16 relative to the inner-face ones
     max_mean_error_iod: float = 0.25  # a fit worse than this (fraction of d) raises FitDiverged
+
+
+SILHOUETTE_JAW_BACKENDS = ("dlib", "fan")  # landmark backends whose jawline follows the face's outline
+
+
+def fit_config_for(config: FitConfig, landmark_backend: str) -> FitConfig:
+    """``config`` for landmarks from ``landmark_backend``: an unset ``jaw_contour`` becomes True for dlib and
+    FAN and False for the face mesh (fixed surface points, docs/preprocessing.md)."""
+    if config.jaw_contour is not None:
+        return config
+    return dataclasses.replace(config, jaw_contour=landmark_backend in SILHOUETTE_JAW_BACKENDS)
+
+
+def uses_jaw_contour(config: FitConfig) -> bool:
+    return config.jaw_contour is not False
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,7 +227,7 @@ def _fit_video(
     weights = weights.copy()
     weights[:, list(LANDMARK_REGIONS["jaw"])] *= config.jaw_weight
 
-    basis = LandmarkBasis.from_model(model, config.jaw_contour)
+    basis = LandmarkBasis.from_model(model, uses_jaw_contour(config))
     identity_bounds = np.tile([-config.identity_bound_std, config.identity_bound_std], (model.n_identity, 1))
     expression_bounds = model.expression_bounds.astype(np.float64)
     asymmetry = config.w_asymmetry * identity_asymmetry_gram(model) if config.w_asymmetry > 0 else None

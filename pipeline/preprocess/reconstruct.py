@@ -20,8 +20,20 @@ from model.face3d.loader import MorphableModelConfig
 from model.face3d.morphable_model import MorphableModel
 from pipeline.preprocess.decode import DecodeConfig
 from pipeline.preprocess.face_track import FaceTrackConfig
-from pipeline.preprocess.fit_3dmm import LANDMARK_REGIONS, OUTER_EYE_CORNERS, FitConfig, FitResult, fit_video
-from pipeline.preprocess.landmarks import LandmarkConfig, VideoLandmarks, landmarks_for_video
+from pipeline.preprocess.fit_3dmm import (
+    LANDMARK_REGIONS,
+    OUTER_EYE_CORNERS,
+    FitConfig,
+    FitResult,
+    fit_config_for,
+    fit_video,
+)
+from pipeline.preprocess.landmarks import (
+    LandmarkConfig,
+    VideoLandmarks,
+    landmark_weights,
+    landmarks_for_video,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +86,11 @@ def reconstruct_video(
     start = time.perf_counter()
     landmarks = landmarks_for_video(path, config.decode, config.track, config.landmarks, keep_crops)
     tracked = time.perf_counter()
-    fit = fit_video(model, np.asarray(landmarks.landmarks_px, np.float64), config=config.fit)
+    fit = fit_video(
+        model,
+        np.asarray(landmarks.landmarks_px, np.float64),
+        weights=landmark_weights(landmarks.confidence, config.landmarks),
+        config=fit_config_for(config.fit, config.landmarks.backend),
+    )
     done = time.perf_counter()
     return Reconstruction(landmarks, fit, {"landmarks_s": tracked - start, "fit_s": done - tracked})

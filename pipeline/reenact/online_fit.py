@@ -18,7 +18,7 @@ from scipy.optimize import lsq_linear
 
 from model.face3d.camera import SCALE, TX, TY, camera_rotation_numpy
 from model.face3d.morphable_model import MorphableModel
-from pipeline.preprocess.fit_3dmm import OUTER_EYE_CORNERS, FitConfig, fit_video
+from pipeline.preprocess.fit_3dmm import OUTER_EYE_CORNERS, FitConfig, fit_video, uses_jaw_contour
 from pipeline.preprocess.fit_camera import refine_camera_gauss_newton
 from pipeline.preprocess.fit_shape import LandmarkBasis, single_threaded_blas
 
@@ -44,7 +44,7 @@ class OnlineFitter:
     ):
         fit = fit or FitConfig()
         self.model, self.fit_config, self.config = model, fit, online
-        self.basis = LandmarkBasis.from_model(model, fit.jaw_contour)
+        self.basis = LandmarkBasis.from_model(model, uses_jaw_contour(fit))
         self.bounds = model.expression_bounds.astype(np.float64)
         self.identity: np.ndarray | None = None
         self.expression: np.ndarray | None = None
@@ -103,4 +103,3 @@ class OnlineFitter:
         lhs = np.concatenate([projected * sqrt_w[:, None], w_prior * np.eye(n), w_previous * np.eye(n)])
         rhs = np.concatenate([target * sqrt_w, np.zeros(n), w_previous * self.expression])
         return lsq_linear(lhs, rhs, bounds=(self.bounds[:, 0], self.bounds[:, 1]), method="bvls").x
-

@@ -32,7 +32,7 @@ from pipeline import media
 from pipeline.finetune.person_model import PersonModel
 from pipeline.preprocess.face_crop import FaceTrack, crop_faces
 from pipeline.preprocess.face_track import detect_faces
-from pipeline.preprocess.fit_3dmm import FitConfig
+from pipeline.preprocess.fit_3dmm import FitConfig, fit_config_for
 from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.track_parts import FaceTrackConfig
@@ -94,7 +94,7 @@ class StreamAnalyzer:
     ) -> None:  # fmt: skip
         self.person, self.model, self.cfg, self.log = person, model, cfg, log
         self.size = int(person.info["image_px"])
-        self.fitter = OnlineFitter(model, cfg.fit, cfg.online)
+        self.fitter = OnlineFitter(model, fit_config_for(cfg.fit, cfg.landmarks.backend), cfg.online)
         self.renderer = NmfcRenderer(model, NmfcConfig(image_size=(self.size, self.size)), device=device)
         self.seconds: dict[str, float] = defaultdict(float)
         self.box: np.ndarray | None = None  # (cx, cy, side) frame pixels, smoothed

@@ -93,7 +93,7 @@ def test_given_landmarks_and_boxes_are_used(eval_clips):
     crops = eval_clips[0].crops[:2]
     boxes = central_face_boxes(2, crops.shape[1])
     np.testing.assert_allclose(boxes[0], [24, 24, 104, 104])  # the track crop's MTCNN box (crop_scale 1.6)
-    landmarks = detect_landmarks(crops, boxes)
+    landmarks = detect_landmarks(crops, boxes, IdentityConfig().landmarks)
     detected = identity_features(crops)
     given = identity_features(crops, boxes, landmarks)
     np.testing.assert_array_equal(given.embeddings, detected.embeddings)
@@ -128,7 +128,9 @@ def test_arcface_needs_a_local_file_and_loads_an_exported_program(tmp_path, eval
     assert features.embeddings.shape == (3, 12) and features.estimator == "arcface"
     assert hashlib.sha256(path.read_bytes()).hexdigest().startswith(features.model_sha256)
     assert features.runtime.endswith("(torch.export)") and "ArcFace template" in features.alignment
-    aligned = arcface_align(crops, detect_landmarks(crops, central_face_boxes(3, crops.shape[1])))
+    aligned = arcface_align(
+        crops, detect_landmarks(crops, central_face_boxes(3, crops.shape[1]), IdentityConfig().landmarks)
+    )
     expected = aligned.astype(np.float32).reshape(3, 2, 56, 2, 56, 3).mean(axis=(2, 4)) / 127.5 - 1.0
     np.testing.assert_allclose(features.embeddings, expected.transpose(0, 3, 1, 2).reshape(3, 12), atol=1e-4)
     with pytest.raises(ValueError, match="different estimators"):

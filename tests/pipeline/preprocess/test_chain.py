@@ -50,15 +50,24 @@ def test_long_video_is_processed_whole_in_segments_and_counts_as_done(tmp_path, 
 def test_models_load_ahead_and_a_missing_model_is_left_to_the_stage(tmp_path):
     """Actors load the detector and landmark model in their constructors; a missing landmark file does
     not fail the actor (each video then fails its landmarks stage with the file named)."""
-    from pipeline.preprocess import face_track, landmarks
+    from pipeline.preprocess import face_mesh, face_track, landmarks
     from pipeline.preprocess.chain import PreprocessConfig, load_models
     from pipeline.preprocess.shape_predictor import load_shape_predictor
 
     face_track._mtcnn.cache_clear()  # other tests in this process may have loaded them already
     load_shape_predictor.cache_clear()
-    missing = PreprocessConfig(landmarks=landmarks.LandmarkConfig(dlib_model_path=str(tmp_path / "no.dat")))
+    face_mesh.tflite_interpreter.cache_clear()
+    missing = PreprocessConfig(
+        landmarks=landmarks.LandmarkConfig(backend="dlib", dlib_model_path=str(tmp_path / "no.dat"))
+    )
     load_models(missing)
     assert face_track._mtcnn.cache_info().currsize == 1
     assert load_shape_predictor.cache_info().currsize == 0
-    load_models(PreprocessConfig())
+    load_models(PreprocessConfig(landmarks=landmarks.LandmarkConfig(backend="dlib")))
     assert load_shape_predictor.cache_info().currsize == 1
+    load_models(
+        PreprocessConfig(landmarks=landmarks.LandmarkConfig(mesh_model_path=str(tmp_path / "no.tflite")))
+    )
+    assert face_mesh.tflite_interpreter.cache_info().currsize == 0
+    load_models(PreprocessConfig())  # the default backend: the face mesh
+    assert face_mesh.tflite_interpreter.cache_info().currsize == 1

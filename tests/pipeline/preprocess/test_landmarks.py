@@ -63,9 +63,9 @@ def test_missing_fan_weights_say_what_to_do(tmp_path):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match="'mediapipe'"):
+    with pytest.raises(ValueError, match="'mediapipe', 'dlib' or 'fan'"):
         detect_landmarks(
-            np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 4)), LandmarkConfig(backend="mediapipe")
+            np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 4)), LandmarkConfig(backend="openface")
         )
 
 
@@ -126,7 +126,10 @@ def clip_landmarks(shared_videos):
     """dlib landmarks of the first 20 frames of every shared clip (MTCNN on 3 of them)."""
     decode = DecodeConfig(max_frames=20)
     track = FaceTrackConfig(detect_every=10)
-    return {p.stem: landmarks_for_video(p, decode, track) for p in sorted(shared_videos.glob("*.mp4"))}
+    config = LandmarkConfig(backend="dlib")
+    return {
+        p.stem: landmarks_for_video(p, decode, track, config) for p in sorted(shared_videos.glob("*.mp4"))
+    }
 
 
 def test_every_clip_has_a_track_and_face_shaped_steady_landmarks(clip_landmarks):
@@ -191,10 +194,14 @@ def test_dlib_predicts_the_same_on_its_intensity_image(shared_videos):
         assert points(rgb) == points(g)
 
 
-def test_photo_landmarks(shared_images):
-    result = landmarks_for_video(shared_images / "face-alignment_aflw-test.jpg")
+@pytest.mark.parametrize("backend", ["mediapipe", "dlib"])
+def test_photo_landmarks(shared_images, backend):
+    result = landmarks_for_video(
+        shared_images / "face-alignment_aflw-test.jpg", config=LandmarkConfig(backend)
+    )
     assert result.landmarks_px.shape == (1, 68, 2) and result.fps == 0.0
     assert_face_shaped(result.landmarks_px, "aflw-test")
+    assert result.confidence.shape == (1,) and result.confidence[0] > 0.5
 
 
 @pytest.mark.skipif(not have_fan_weights(), reason="FAN weights not in face-alignment's cache")
@@ -212,7 +219,7 @@ def test_fan_agrees_with_dlib(clip_landmarks, shared_videos):
 def test_every_frame_of_every_clip(shared_videos):
     """All frames of every shared clip: a track and face-shaped landmarks for each."""
     for path in sorted(shared_videos.glob("*.mp4")):
-        result = landmarks_for_video(path)
+        result = landmarks_for_video(path, config=LandmarkConfig(backend="dlib"))
         assert len(result.frame_index) == len(result.landmarks_px) > 70, path.name
         assert np.all(np.isfinite(result.landmarks_px)), path.name
         assert np.all((result.landmarks_px > -20) & (result.landmarks_px < 275)), path.name
@@ -229,8 +236,9 @@ def test_stage_configs_load_from_overrides():
     )
     assert load_config(FaceTrackConfig, None, ["crop_size=128"]).crop_size == 128
     assert load_config(DecodeConfig, None, ["max_frames=null"]).max_frames is None
+    assert load_config(LandmarkConfig, None, ["backend=mediapipe"]) == LandmarkConfig()
     with pytest.raises(ConfigError, match="backend"):
-        load_config(LandmarkConfig, None, ["backend=mediapipe"])
+        load_config(LandmarkConfig, None, ["backend=openface"])
     with pytest.raises(ConfigError, match="crop_sise"):
         load_config(FaceTrackConfig, None, ["crop_sise=128"])
 
@@ -245,7 +253,7 @@ def test_dump_writes_the_part_b_format_and_records_rejections(tmp_path, shared_v
     clip = shared_videos / "liveportrait_d0.mp4"
     short = write_video(tmp_path / "short.mp4", np.zeros((2, 64, 64, 3), np.uint8))
     out = tmp_path / "out"
-    summary = dump_landmarks([clip, short], out, DecodeConfig(max_frames=20))
+    summary = dump_landmarks([clip, short], out, DecodeConfig(max_frames=20), LandmarkConfig(backend="dlib"))
     assert summary["short"]["rejected"] == "too_short" and summary["liveportrait_d0"]["frames"] == 20
     assert json.loads((out / "summary.json").read_text()) == summary and (out / "DONE").exists()
     data = np.load(out / "liveportrait_d0.npz")

@@ -89,9 +89,9 @@ def test_subpixel_points_match_dlib_on_the_upsampled_crop(shared_videos):
         path = shared_videos / f"{name}.mp4"
         track, crops = track_and_crop(path, decode, FaceTrackConfig())
         boxes = track.face_box_crop_px()
-        ours = detect_landmarks(crops, boxes)
-        x4 = detect_landmarks(crops, boxes, LandmarkConfig(dlib_runtime="dlib", dlib_upsample=4))
-        x2 = detect_landmarks(crops, boxes, LandmarkConfig(dlib_runtime="dlib", dlib_upsample=2))
+        ours = detect_landmarks(crops, boxes, LandmarkConfig(backend="dlib"))
+        x4 = detect_landmarks(crops, boxes, LandmarkConfig("dlib", dlib_runtime="dlib", dlib_upsample=4))
+        x2 = detect_landmarks(crops, boxes, LandmarkConfig("dlib", dlib_runtime="dlib", dlib_upsample=2))
         iod = np.linalg.norm(x4[:, 36] - x4[:, 45], axis=-1)[:, None]
         errors.append(np.linalg.norm(ours - x4, axis=-1) / iod)
         x2_errors.append(np.linalg.norm(x2 - x4, axis=-1) / iod)

@@ -28,6 +28,7 @@ def frame_columns(t: int = 5, size: int = 32) -> dict:
         "expression": rng.uniform(0, 1, (t, 53)).astype(np.float32).tolist(),
         "camera": rng.normal(size=(t, 7)).astype(np.float32).tolist(),
         "mouth_box_px": [[1, 2, 3, 4]] * t,
+        "landmark_confidence": rng.uniform(0.5, 1, t).astype(np.float32).tolist(),
     }, crops
 
 

@@ -84,15 +84,17 @@ def test_reenactment_writes_a_playable_marked_video(tiny_person, shared_videos, 
     reenact(source, model, str(single), one_chunk)
     assert np.array_equal(decord.VideoReader(str(single)).get_batch(list(range(FRAMES))).asnumpy(),
                           reader.get_batch(list(range(FRAMES))).asnumpy())  # fmt: skip
-    # The visible mark: the same video without it differs only in the bottom-right corner.
+    # The visible mark: the same video without it differs in the bottom-right corner; elsewhere only by the
+    # encoder's different bit allocation (a few grey levels on average, single pixels up to ~30 on a noisy
+    # tiny-model face).
     plain = tmp_path / "plain.mp4"
     reenact(source, model, str(plain), _config(watermark=False, background="black", identity_check_frames=0))
     marked = tmp_path / "marked.mp4"
     reenact(source, model, str(marked), _config(background="black", identity_check_frames=0))
     a = decord.VideoReader(str(plain))[5].asnumpy().astype(int)
     b = decord.VideoReader(str(marked))[5].asnumpy().astype(int)
-    difference = np.abs(a - b).sum(-1) > 30
-    assert difference[-16:, -48:].any() and not difference[:32, :32].any()
+    difference = np.abs(a - b).sum(-1)
+    assert (difference[-16:, -48:] > 30).any() and difference[:32, :32].mean() < 3 * 3
 
 
 @pytest.mark.parametrize("mode", ["expression", "full"])

@@ -9,6 +9,7 @@ import numpy as np
 
 from model.face3d.camera import PITCH, ROLL, SCALE, TX, TY
 from pipeline.finetune.person_model import load_person_model, person_model_uri
+from pipeline.preprocess.fit_3dmm import fit_config_for
 from pipeline.preprocess.reconstruct import ReconstructConfig, reconstruct_video
 from pipeline.reenact.online_fit import OnlineFitter
 from pipeline.reenact.stream import StreamConfig, frames_from, run_stream
@@ -25,7 +26,7 @@ def test_per_frame_fits_match_the_batch_fit(ict_model, shared_videos):
     cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, max_frames=90))
     batch = reconstruct_video(shared_videos / f"{CLIP}.mp4", ict_model, cfg)
     landmarks = np.asarray(batch.landmarks.landmarks_px, np.float64)
-    fitter = OnlineFitter(ict_model)
+    fitter = OnlineFitter(ict_model, fit_config_for(cfg.fit, cfg.landmarks.backend))
     fitter.start(landmarks[:30])
     fits = [fitter.fit(frame) for frame in landmarks[30:]]
     expression = np.stack([e for e, _ in fits])
