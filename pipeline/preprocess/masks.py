@@ -341,11 +341,13 @@ def chroma_key_ground_truth(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Ground-truth person masks of green-screen footage: pixels that are not screen green.
 
     images (T, H, W, 3) uint8 RGB -> (masks (T, H, W) bool, valid (T, H, W) bool). Screen green is green
-    well above red and blue, in ratio and in level, which covers both a lit bright screen (liveportrait_d0)
-    and MEAD's dark, unevenly lit studio green (about (40, 58, 44)); skin, hair and grey or white clothes
-    have green at or below red. A person component must touch the face region (the middle of the crop);
-    specks of the key elsewhere are screen. Pixels outside the video (the crop's black padding, letterbox
-    bars) are neither person nor screen: ``valid`` excludes them from scoring.
+    above red and blue, in ratio and in level, and of the screen's own chromaticity (the median of such
+    pixels), which covers both a lit bright screen (liveportrait_d0) and MEAD's dark, unevenly lit studio
+    green (about (40, 58, 44)); skin, hair and grey or white clothes are greyer or redder. Deep shadows and
+    folds of the screen can fail the key (eamm_surprised's unlit top). A person component must touch the
+    face region (the middle of the crop); specks of the key elsewhere are screen. Pixels outside the video
+    (the crop's black padding, letterbox bars) are neither person nor screen: ``valid`` excludes them from
+    scoring.
     """
     rgb = images.astype(np.int16)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
