@@ -39,7 +39,7 @@ from model.face3d.camera import project_xy_numpy
 from model.face3d.loader import load_morphable_model
 from pipeline import schema
 from pipeline.preprocess import shard_writer
-from pipeline.preprocess.chain import PreprocessConfig, preprocess_in_process
+from pipeline.preprocess.chain import PreprocessConfig, load_models, preprocess_in_process
 from pipeline.preprocess.fit_3dmm import OUTER_EYE_CORNERS
 from pipeline.preprocess.fit_shape import LandmarkBasis
 from pipeline.preprocess.landmarks import LandmarkConfig
@@ -57,13 +57,14 @@ CONFIGS = {
 
 
 def _preprocess(task: tuple[str, str, str, int | None]) -> None:
-    """One configuration over the manifest, in this process (one thread, like an actor)."""
+    """One configuration over the manifest in this process: one thread, models loaded first (as actors do)."""
     from pipeline.preprocess.ray_preprocess import limit_threads
 
     name, manifest, output, max_frames = task
     limit_threads(1)
     cfg = CONFIGS[name]
     cfg = replace(cfg, decode=replace(cfg.decode, max_frames=max_frames))
+    load_models(cfg)  # as an actor does: model loading and compilation are not a stage's cost
     preprocess_in_process(manifest, output, cfg, name, load_morphable_model(), log=lambda line: None)
 
 

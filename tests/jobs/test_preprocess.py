@@ -120,14 +120,18 @@ def test_ray_job_submit_to_a_local_cluster_with_s3_input_and_output(
         env=env, check=True, capture_output=True, timeout=180,
     )  # fmt: skip
     try:
-        submitted = subprocess.run(
-            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
-             "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "outputs"]}), "--",
-             "python", "-m", "jobs.preprocess", "--input", "s3://corpus/videos", "--output", "s3://corpus/shards",
-             "--set", f"preprocess.model.path={_model_path()}", "--set", "preprocess.mask.key_frames=2",
-             "--set", "ray.stages=split"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
-        )  # fmt: skip
+        for _ in range(12):  # the head's job agent can come up after ``ray start`` returns: Ray says retry
+            submitted = subprocess.run(
+                ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
+                 "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "outputs"]}), "--",
+                 "python", "-m", "jobs.preprocess", "--input", "s3://corpus/videos", "--output",
+                 "s3://corpus/shards", "--set", f"preprocess.model.path={_model_path()}",
+                 "--set", "preprocess.mask.key_frames=2", "--set", "ray.stages=split"],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
+            )  # fmt: skip
+            if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+                break
+            time.sleep(5)
         assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout + submitted.stderr
     finally:
