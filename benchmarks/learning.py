@@ -268,9 +268,8 @@ class Study:
         statuses = run_batch(
             self.finetune_config(group, storage), start_uri, self.shards, list(self.cfg.held_out), self.log
         )
-        people = [
-            s.identity for s in statuses if s.status in (STATUS_OK, STATUS_DONE)
-        ]  # done: earlier sitting
+        # STATUS_DONE: fine-tuned with these settings in an earlier sitting whose group did not finish.
+        people = [s.identity for s in statuses if s.status in (STATUS_OK, STATUS_DONE)]
         failed = {s.identity: f"{s.reason}: {s.message}" for s in statuses if s.identity not in people}
         scores = {}
         if people:
@@ -311,8 +310,7 @@ class Study:
             driver = people[(k + 1) % len(people)]
             out = self.out / "cross" / f"{target}_driven_by_{driver}.mp4"
             cfg = load_config(ReenactConfig, None, [
-                f"source.decode.max_frames={self.cfg.cross_frames}", "canvas=crop", "watermark=false",
-                "identity_check_frames=8",
+                f"source.decode.max_frames={self.cfg.cross_frames}", "canvas=crop", "identity_check_frames=8",
             ])  # fmt: skip
             person = person_model_uri(base["storage"], target)
             summary = reenact(str(self.clips[driver]), person, str(out), cfg, log=self.log)
