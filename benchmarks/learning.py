@@ -143,7 +143,7 @@ class Study:
         self.cache = Cache(self.out / "cache")
         self.shards = str(self.out / "preprocess")
         self.tracking = [f"tracking.tracking_uri={local_store_uri(str(self.out))}"]
-        clips = sorted(Path(cfg.corpus).glob("*.mp4"))
+        clips = sorted(Path(cfg.corpus).resolve().glob("*.mp4"))  # absolute: Ray workers run elsewhere
         self.clips = {c.stem: c for c in clips if cfg.max_frames is None or c.stem in TINY_CLIPS}
         missing = [p for p in cfg.held_out if p not in self.clips]
         if missing or len(cfg.held_out) < 2:
