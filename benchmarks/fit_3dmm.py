@@ -31,7 +31,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from model.face3d.loader import load_morphable_model
-from pipeline.preprocess.fit_3dmm import FitConfig, fit_video
+from pipeline.preprocess.fit_3dmm import FitConfig, fit_video, uses_jaw_contour
 from pipeline.preprocess.fit_reference_lsq import fit_shape_bounded_lsq
 from pipeline.preprocess.fit_shape import LandmarkBasis, build_shape_problem, identity_asymmetry_gram
 from pipeline.preprocess.fit_structured import StructuredSolverConfig, fit_shape_admm_structured
@@ -53,7 +53,7 @@ def landmark_track(frames: int, landmarks: str | None, model) -> tuple[np.ndarra
 
 def shape_problem_at(model, result, landmarks_px, weights, config: FitConfig, frames: slice):
     """The linear shape problem with the fit's cameras and contour choice, for a range of frames."""
-    basis = LandmarkBasis.from_model(model, config.jaw_contour)
+    basis = LandmarkBasis.from_model(model, uses_jaw_contour(config))
     expression = result.expression[frames]
     camera = result.camera[frames]
     choice = basis.choose(basis.candidate_points(result.identity, expression), camera)
