@@ -69,7 +69,15 @@ def _preprocess(task: tuple[str, str, str, int | None]) -> None:
 
 
 def read_unit(output: Path, unit: schema.VideoRecord) -> dict[str, np.ndarray]:
-    table = pq.read_table(output / unit.shard).to_pandas()
+    columns = [
+        schema.FRAME_INDEX,
+        schema.LANDMARKS_PX,
+        schema.EXPRESSION,
+        schema.CAMERA,
+        schema.RGB,
+        schema.MASK,
+    ]
+    table = pq.read_table(output / unit.shard, columns=columns).to_pandas()  # not the NMFC or flow images
     frame_index = table[schema.FRAME_INDEX].to_numpy()
     return {
         "frame_index": frame_index,
