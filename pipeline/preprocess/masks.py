@@ -33,8 +33,9 @@ import numpy as np
 from pipeline.preprocess.face_mesh import mediapipe_model_file, tflite_interpreter
 
 # Histogram resolution per RGB channel for the colour model (32 bins of 8 grey levels each).
-_BINS = 32
-_SHIFT = 3
+_BITS = 5
+_BINS = 1 << _BITS
+_SHIFT = 8 - _BITS
 
 
 SELFIE_MODEL_FILE = "modules/selfie_segmentation/selfie_segmentation.tflite"  # inside the mediapipe package
@@ -101,15 +102,18 @@ def _grabcut_key_frame(image: np.ndarray, face: np.ndarray, prior: np.ndarray, c
     seeds[eroded] = cv2.GC_FGD
     seeds_small = cv2.resize(seeds, size, interpolation=cv2.INTER_NEAREST)
     bg_model, fg_model = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(0)  # GrabCut's k-means starts from OpenCV's global RNG: the same video, the same masks
     cv2.grabCut(small, seeds_small, None, bg_model, fg_model, cfg.grabcut_iterations, cv2.GC_INIT_WITH_MASK)
     fg_small = np.isin(seeds_small, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
     return cv2.resize(fg_small, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def _colour_index(images: np.ndarray) -> np.ndarray:
-    """Histogram bin of each pixel: images (..., 3) uint8 -> (...) int32."""
-    q = (images >> _SHIFT).astype(np.int32)
-    return (q[..., 0] * _BINS + q[..., 1]) * _BINS + q[..., 2]
+    """Histogram bin of each pixel: images (..., 3) uint8 -> (...) uint16 (15 bits: 5 per channel).
+
+    Shifts on uint16 rather than int32 arithmetic: a tenth of the time on a video's pixels."""
+    q = (images >> _SHIFT).astype(np.uint16)
+    return (q[..., 0] << 2 * _BITS) | (q[..., 1] << _BITS) | q[..., 2]
 
 
 def _clean(fg: np.ndarray, face: np.ndarray) -> np.ndarray:
@@ -305,16 +309,23 @@ def selfie_masks(images: np.ndarray, face_masks: np.ndarray, cfg: MaskConfig) ->
     """
     probability = selfie_probabilities(images, selfie_model_path(cfg.selfie_model_path), cfg.selfie_stride)
     probability = np.clip(temporal_average(probability), 1e-4, 1 - 1e-4)
-    # Log-odds summed above the threshold's, as a product of odds: no logarithm per pixel.
-    odds = probability / (1 - probability)
+    colour_odds = None
     if cfg.selfie_colour_weight > 0:
         keys = np.linspace(0, len(images) - 1, min(cfg.key_frames, len(images))).round().astype(int)
         table = colour_log_odds(
             images[keys], (probability[keys] > 0.9) | face_masks[keys], probability[keys] < 0.1
         )
-        odds *= np.exp(cfg.selfie_colour_weight * table)[_colour_index(images)]
+        colour_odds = np.exp(cfg.selfie_colour_weight * table)
     threshold = cfg.selfie_threshold / (1 - cfg.selfie_threshold)
-    return np.stack([_clean(o > threshold, face) for o, face in zip(odds, face_masks, strict=True)])
+    masks = np.empty(face_masks.shape, bool)
+    for k, (p, face) in enumerate(zip(probability, face_masks, strict=True)):
+        # Log-odds summed above the threshold's, as a product of odds: no logarithm per pixel. Frame by
+        # frame, so that the arrays stay in the cache.
+        odds = p / (1 - p)
+        if colour_odds is not None:
+            odds *= colour_odds[_colour_index(images[k])]
+        masks[k] = _clean(odds > threshold, face)
+    return masks
 
 
 def foreground_masks(
