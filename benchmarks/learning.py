@@ -41,6 +41,7 @@ import torch
 
 from infra.config import load_config, to_dict
 from infra.tracking import local_store_uri
+from model.face3d.loader import load_morphable_model
 from model.networks.renderer import VideoRenderer
 from pipeline.errors import VideoRejected
 from pipeline.evaluate.self_reenactment import IDENTITY_COLUMN, EvaluateConfig, evaluate_people
@@ -305,6 +306,7 @@ class Study:
         if done is not None:
             return done
         people = sorted(base.get("per_person", {}))  # the held-out people whose fine-tuning succeeded
+        model = load_morphable_model()
         pairs = {}
         for k, target in enumerate(people if len(people) > 1 else []):
             driver = people[(k + 1) % len(people)]
@@ -316,9 +318,9 @@ class Study:
             summary = reenact(str(self.clips[driver]), person, str(out), cfg, log=self.log)
             decode = dataclasses.replace(ReconstructConfig().decode, max_frames=self.cfg.cross_frames)
             rec = ReconstructConfig(decode=decode)
-            source = reconstruct_video(str(self.clips[driver]), _model(), rec)
+            source = reconstruct_video(str(self.clips[driver]), model, rec)
             try:  # a generated clip the fit rejects (no face found in it) is a result, not a crash
-                driven = reconstruct_video(str(out), _model(), rec)
+                driven = reconstruct_video(str(out), model, rec)
                 common = min(len(driven.fit.expression), len(source.fit.expression))
                 error = float(np.abs(driven.fit.expression[:common] - source.fit.expression[:common]).mean())
             except VideoRejected as err:
@@ -331,12 +333,6 @@ class Study:
                 "video": str(out),
             }
         return self.cache.put(key, {"pairs": pairs})
-
-
-def _model():
-    from model.face3d.loader import load_morphable_model
-
-    return load_morphable_model()
 
 
 # The report.
