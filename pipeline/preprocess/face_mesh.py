@@ -197,29 +197,46 @@ def run_face_mesh(crop: np.ndarray, matrix: np.ndarray, interpreter) -> tuple[np
     return points, float(1.0 / (1.0 + np.exp(-logit)))
 
 
+class FaceMeshTracker:
+    """Face mesh frame by frame along a track, each window from the previous frame's points.
+
+    ``tracker(crop, box)``: crop (S, S, 3) uint8 RGB, box (4,) MTCNN box [x0, y0, x1, y1] crop px edges ->
+    (points_px (468, 3) float64 crop px, presence float). A frame restarts from its MTCNN box (two passes)
+    when the previous one was lost (presence < 0.5) or its window's centre is more than ``max_drift`` box
+    sides from the box's. The batch job runs it over a unit's crops (``face_mesh_track``); the streaming
+    reenactment keeps one across calls, so that its frames cost one pass each as well.
+    """
+
+    def __init__(self, model_path: str | Path, max_drift: float = 0.35) -> None:
+        self.interpreter = tflite_interpreter(str(model_path))
+        self.max_drift = max_drift
+        self.previous: np.ndarray | None = None
+
+    def __call__(self, crop: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
+        box_centre, box_side, _ = window_from_box(box)
+        window = window_from_points(self.previous) if self.previous is not None else None
+        if (
+            window is None
+            or np.linalg.norm(window[0] - box_centre) > self.max_drift * box_side / WINDOW_SCALE
+        ):
+            first, _ = run_face_mesh(crop, window_matrix(*window_from_box(box)), self.interpreter)
+            window = window_from_points(first)
+        found, score = run_face_mesh(crop, window_matrix(*window), self.interpreter)
+        self.previous = found if score >= PRESENCE_LOST else None
+        return found, score
+
+
 def face_mesh_track(
     crops: np.ndarray, face_boxes_px: np.ndarray, model_path: str | Path, max_drift: float = 0.35
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Face mesh along a track of crops, each window from the previous frame's points.
-
-    crops (T, S, S, 3) uint8 RGB; face_boxes_px (T, 4) MTCNN boxes [x0, y0, x1, y1] (crop px edges) ->
-    points_px (T, 468, 3) float32 crop px, presence (T,) float32. A frame restarts from its MTCNN box
-    (two passes) when the previous one was lost (presence < 0.5) or its window's centre is more than
-    ``max_drift`` box sides from the box's.
-    """
-    interpreter = tflite_interpreter(str(model_path))
+    """Face mesh along a track of crops (``FaceMeshTracker``): crops (T, S, S, 3) uint8 RGB; face_boxes_px
+    (T, 4) MTCNN boxes [x0, y0, x1, y1] (crop px edges) -> points_px (T, 468, 3) float32 crop px, presence
+    (T,) float32."""
+    tracker = FaceMeshTracker(model_path, max_drift)
     points = np.empty((len(crops), MESH_POINTS, 3), np.float32)
     presence = np.empty(len(crops), np.float32)
-    previous: np.ndarray | None = None
     for t, (crop, box) in enumerate(zip(crops, face_boxes_px, strict=True)):
-        box_centre, box_side, _ = window_from_box(box)
-        window = window_from_points(previous) if previous is not None else None
-        if window is None or np.linalg.norm(window[0] - box_centre) > max_drift * box_side / WINDOW_SCALE:
-            first, _ = run_face_mesh(crop, window_matrix(*window_from_box(box)), interpreter)
-            window = window_from_points(first)
-        found, score = run_face_mesh(crop, window_matrix(*window), interpreter)
-        points[t], presence[t] = found, score
-        previous = found if score >= PRESENCE_LOST else None
+        points[t], presence[t] = tracker(crop, box)
     return points, presence
 
 

@@ -30,7 +30,12 @@ import torch
 
 from pipeline.preprocess.decode import DecodeConfig, video_info
 from pipeline.preprocess.face_crop import FaceTrack
-from pipeline.preprocess.face_mesh import face_mesh_model_path, face_mesh_track, ibug68_from_mesh
+from pipeline.preprocess.face_mesh import (
+    FaceMeshTracker,
+    face_mesh_model_path,
+    face_mesh_track,
+    ibug68_from_mesh,
+)
 from pipeline.preprocess.face_track import FaceTrackConfig, track_and_crop
 from pipeline.preprocess.packaged_models import packaged_model_file
 from pipeline.preprocess.shape_predictor import load_shape_predictor, predict_shapes
@@ -336,6 +341,26 @@ def detect_landmarks(
     """68 landmarks with the configured backend: crops (B, S, S, 3) uint8 RGB, face_boxes_px (B, 4)
     [x0, y0, x1, y1] crop pixels -> landmarks_px (B, 68, 2) float32, crop pixels."""
     return landmarks_and_confidence(crops, face_boxes_px, config)[0]
+
+
+class FrameLandmarks:
+    """68 landmarks one frame at a time, for a live stream: ``(crops (1, S, S, 3) uint8 RGB, face_boxes_px
+    (1, 4)) -> (68, 2) float32`` crop pixels. The mediapipe backend carries its face window from call to
+    call (one network pass a frame, as in the batch job); the others run on each frame alone."""
+
+    def __init__(self, config: LandmarkConfig = LandmarkConfig()) -> None:
+        self.config = config
+        self.mesh = (
+            FaceMeshTracker(face_mesh_model_path(config.mesh_model_path))
+            if config.backend == "mediapipe"
+            else None
+        )
+
+    def __call__(self, crops: np.ndarray, face_boxes_px: np.ndarray) -> np.ndarray:
+        if self.mesh is None:
+            return detect_landmarks(crops, face_boxes_px, self.config)[0]
+        points, _ = self.mesh(crops[0], face_boxes_px[0])
+        return ibug68_from_mesh(points).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pipeline.finetune.person_model import PersonModel
 from pipeline.preprocess.face_crop import FaceTrack, crop_faces
 from pipeline.preprocess.face_track import detect_faces
 from pipeline.preprocess.fit_3dmm import FitConfig, fit_config_for
-from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks
+from pipeline.preprocess.landmarks import FrameLandmarks, LandmarkConfig
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.track_parts import FaceTrackConfig
 from pipeline.reenact.conditioning import pose_outside_range
@@ -94,6 +94,7 @@ class StreamAnalyzer:
     ) -> None:  # fmt: skip
         self.person, self.model, self.cfg, self.log = person, model, cfg, log
         self.size = int(person.info["image_px"])
+        self.landmarks = FrameLandmarks(cfg.landmarks)
         self.fitter = OnlineFitter(model, fit_config_for(cfg.fit, cfg.landmarks.backend), cfg.online)
         self.renderer = NmfcRenderer(model, NmfcConfig(image_size=(self.size, self.size)), device=device)
         self.seconds: dict[str, float] = defaultdict(float)
@@ -179,7 +180,7 @@ class StreamAnalyzer:
         crop, box = self._crop(frame)
         self.count += 1
         t = self._timed("track_s", t)
-        landmarks = detect_landmarks(crop, box, self.cfg.landmarks)[0]
+        landmarks = self.landmarks(crop, box)
         t = self._timed("landmarks_s", t)
         size = crop.shape[1]
         if self.fitter.identity is None:

@@ -21,7 +21,7 @@ from pipeline.preprocess.face_mesh import (
     window_matrix,
 )
 from pipeline.preprocess.face_track import track_and_crop
-from pipeline.preprocess.landmarks import LandmarkConfig, detect_landmarks, landmark_weights
+from pipeline.preprocess.landmarks import FrameLandmarks, LandmarkConfig, detect_landmarks, landmark_weights
 from tests.conftest import SHARED
 
 INNER = slice(17, 68)
@@ -79,6 +79,22 @@ def test_mesh_agrees_with_dlib_on_a_frontal_clip(frontal_clip):
     points, presence = face_mesh_track(crops, boxes, face_mesh_model_path())
     assert points.shape == (20, MESH_POINTS, 3) and presence.dtype == np.float32
     assert presence.min() > 0.9
+
+
+def test_frame_by_frame_landmarks_carry_the_window_like_the_batch(frontal_clip, monkeypatch):
+    """A live stream gets its frames one at a time: ``FrameLandmarks`` keeps the previous frame's window,
+    so it gives the batch job's landmarks with one network pass a frame (two on the first, from the box)."""
+    from pipeline.preprocess import face_mesh
+
+    crops, boxes = frontal_clip
+    batch = detect_landmarks(crops, boxes, LandmarkConfig())
+    passes = []
+    run = face_mesh.run_face_mesh
+    monkeypatch.setattr(face_mesh, "run_face_mesh", lambda *args: passes.append(1) or run(*args))
+    stream = FrameLandmarks(LandmarkConfig())
+    one_by_one = np.stack([stream(crops[k : k + 1], boxes[k : k + 1]) for k in range(len(crops))])
+    assert len(passes) == len(crops) + 1
+    np.testing.assert_allclose(one_by_one, batch, atol=1e-4)
 
 
 def test_mesh_follows_a_rolled_head(frontal_clip):
