@@ -357,8 +357,8 @@ def chroma_key_ground_truth(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     green (about (40, 58, 44)); skin, hair and grey or white clothes are greyer or redder. Deep shadows and
     folds of the screen can fail the key (eamm_surprised's unlit top). A person component must touch the
     face region (the middle of the crop); specks of the key elsewhere are screen. Pixels outside the video
-    (the crop's black padding, letterbox bars) are neither person nor screen: ``valid`` excludes them from
-    scoring.
+    (the crop's black padding, letterbox bars) and the video's outermost pixels next to them are neither
+    person nor screen: ``valid`` excludes them from scoring.
     """
     rgb = images.astype(np.int16)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -367,7 +367,10 @@ def chroma_key_ground_truth(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     # The screen's own colour: the median chromaticity of the greenish pixels inside the video (the screen is
     # most of them). A pixel is screen when its chromaticity is that colour's (shading changes brightness,
     # not chromaticity), so dark clothes or hair with a little green spill, which are greyer, stay person.
-    valid = images.max(axis=-1) >= 8
+    inside = (images.max(axis=-1) >= 8).astype(np.uint8)
+    # The video's outermost pixel ring is a blend of the padding's black and the picture (the crop is
+    # resampled): darker and greyer than the screen, it keyed as person along the edges of every MEAD clip.
+    valid = np.stack([cv2.erode(frame, np.ones((3, 3), np.uint8)) for frame in inside]).astype(bool)
     chroma = rgb[..., :2] / np.maximum(rgb.sum(-1, keepdims=True), 1)
     sample = greenish & valid
     if sample.sum() >= 500:
@@ -381,7 +384,8 @@ def chroma_key_ground_truth(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     centre[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = True
     masks = np.empty(green.shape, bool)
     for k, screen in enumerate(green):
-        person = cv2.morphologyEx((~screen).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+        # Only the picture can be person: through the padding, things at the video's edges would join it.
+        person = cv2.morphologyEx((~screen & valid[k]).astype(np.uint8), cv2.MORPH_OPEN, kernel)
         count, labels = cv2.connectedComponents(person, connectivity=8)
         keep = np.zeros(count, bool)
         keep[np.unique(labels[centre & (person > 0)])] = True
