@@ -55,6 +55,8 @@ class PersonRunConfig:
 
     storage_path: ``<storage_path>/persons/<identity>/`` holds each person's model, checkpoints and
         status; ``<storage_path>/finetune.csv`` the table of every person done so far.
+    seed: torch's generator and the data order (window offsets, epoch order): what differs between two
+        fine-tunes of one person from one init.
     """
 
     storage_path: str = "outputs/finetune"

@@ -64,10 +64,11 @@ NETWORKS = ("generator", "image_discriminator", "mouth_discriminator", "temporal
 
 def settings(cfg: FinetuneConfig, init: Checkpoint) -> tuple[data.DataConfig, LossConfig]:
     """The data and loss settings: the config's, else the init checkpoint's training ones. Loader
-    processes are the fine-tuning job's choice, and one identity frame is read per clip (E_id is gone)."""
+    processes are the fine-tuning job's choice, one identity frame is read per clip (E_id is gone), and the
+    data order follows ``run.seed`` (the init's would make every seed of a person the same run)."""
     data_cfg = cfg.data or from_dict(data.DataConfig, init.config.get("data", {}))
     loss_cfg = cfg.loss or from_dict(LossConfig, init.config.get("loss", {}))
-    return dataclasses.replace(data_cfg, identity_frames=1), loss_cfg
+    return dataclasses.replace(data_cfg, identity_frames=1, seed=cfg.run.seed), loss_cfg
 
 
 def finetune_hash(cfg: FinetuneConfig, init_uri: str, data_uri: str) -> str:

@@ -95,3 +95,19 @@ def test_a_person_who_cannot_be_fine_tuned_fails_alone_and_forgetting_removes_a_
     assert all(r.identity != "liveportrait_d3" for r in shard_writer.read_records(str(data)))
     remaining = {r[schema.IDENTITY] for r in pq.read_table(data / schema.VIDEOS_TABLE).to_pylist()}
     assert remaining == {"dpe_d", "videoretalking_4"}
+
+
+def test_the_run_seed_sets_the_data_order():
+    """Two seeds of one person from one init differ in data order (a shared order made the learning
+    study's seeds of the init the same run, so its spread read 0)."""
+    import types
+
+    from pipeline.finetune.config import FinetuneConfig
+    from pipeline.finetune.loop import settings
+
+    init = types.SimpleNamespace(config={"data": {"seed": 0, "clip_frames": 3}})
+    cfg = FinetuneConfig()
+    seeded = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=3))
+    data_cfg, _ = settings(seeded, init)
+    assert data_cfg.seed == 3 and data_cfg.clip_frames == 3 and data_cfg.identity_frames == 1
+    assert settings(cfg, init)[0].seed == 0
