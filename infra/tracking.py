@@ -572,3 +572,14 @@ def delete_run(
         return True
 
     return bool(_admin(config, default_uri, f"delete run {run_id}", delete, log))
+
+
+def metric_history(
+    config: TrackingConfig, run_id: str, key: str, *, default_uri: str | None = None, log: Callable = print
+) -> list[tuple[int, float]]:
+    """Every logged (step, value) of metric ``key`` of a run, in step order ([] when there is none)."""
+
+    def history(client) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+    return _admin(config, default_uri, f"read {key} of run {run_id}", history, log) or []

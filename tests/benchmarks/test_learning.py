@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +30,15 @@ def test_learning_study_runs_every_part_and_resumes_from_its_cache(tmp_path, sha
     for pair in summary["cross"].values():
         assert -1 <= pair["identity_cosine_to_target"] <= 1 and -1 <= pair["identity_cosine_to_source"] <= 1
         assert np.isnan(pair["expression_mae"]) or 0 <= pair["expression_mae"] < 1  # no face in 32 px output
+        assert Path(pair["strip"]).is_file() and Path(pair["video"]).is_file()
     text = (tmp_path / "study" / "results.md").read_text()
-    for part in ("Table 2", "Table 3", "Table 1", "Cross-identity", "Scale and hardware"):
+    for part in ("Table 2", "Table 3", "Table 1", "Cross-identity", "Scale and hardware", "**Data.**"):
         assert part in text
+    # Plots as text: the training curve from the run's MLflow history, Table 2's bars and Table 1's curve.
+    assert text.count("```mermaid") == 3 and "Initialisation training: masked L1" in text
+    for direction in ("Init vs random: ", "Full model vs without D^M: ", "24 frames vs 18: "):
+        assert direction in text
+    assert summary["compute_minutes"] > 0
     assert "not run yet" not in text and "python -m benchmarks.learning --size tiny" in text
     # A rerun finds every part in the cache: the same numbers, without training or fine-tuning again.
     start = time.perf_counter()

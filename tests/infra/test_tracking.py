@@ -151,6 +151,11 @@ def test_the_embedded_sqlite_store_keeps_runs_and_artifacts_under_the_output_fol
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "local-run"
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss.G")] == [0, 1, 2]
+    # Reports read a run back by its name (the learning study plots its training curve so).
+    [found] = tracking.find_runs(TrackingConfig(), "mlflow.runName", "local-run", default_uri=default)
+    history = tracking.metric_history(TrackingConfig(), found, "loss.G", default_uri=default)
+    assert history == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert tracking.metric_history(TrackingConfig(), found, "absent", default_uri=default) == []
     assert (tmp_path / "out" / "mlflow.db").is_file()
     pngs = list((tmp_path / "out" / "mlartifacts").rglob("step0.png"))
     assert len(pngs) == 1
