@@ -20,8 +20,9 @@ resumes the rest, the initialisation training from its newest checkpoint):
    to the target and to the source, expression error (a refit of the output against the driver's fit).
 
 Then ``<results>`` (docs/results.md for the CPU study) is written from the finished entries, saying what
-is not done yet, with the command, the config, the hardware and the wall times; frame strips (faces) go
-to the output folder only. The last stdout line is a JSON summary.
+is not done yet, with the command, the config, the data, the hardware and the times, plots as Mermaid text;
+frame strips (faces) go to the output folder and its MLflow store only. The last stdout line is a JSON
+summary.
 """
 
 from __future__ import annotations
@@ -528,10 +529,10 @@ def report(
     verdict = "not run yet"
     if means[INIT] and means[RANDOM]:
         a, b = np.mean(means[INIT]), np.mean(means[RANDOM])
-        lows = {s: (float(np.min(v)), float(np.max(v))) for s, v in means.items()}
+        bounds = {s: (float(np.min(v)), float(np.max(v))) for s, v in means.items()}
         verdict = (
-            f"init {a:.4f} (seeds {lows[INIT][0]:.4f}-{lows[INIT][1]:.4f}) against random {b:.4f} "
-            f"(seeds {lows[RANDOM][0]:.4f}-{lows[RANDOM][1]:.4f}): "
+            f"init {a:.4f} (seeds {bounds[INIT][0]:.4f}-{bounds[INIT][1]:.4f}) against random {b:.4f} "
+            f"(seeds {bounds[RANDOM][0]:.4f}-{bounds[RANDOM][1]:.4f}): "
             + ("init beats random" if a < b else "init does NOT beat random at this scale")
         )
     t2_line, t2_reason = "", ""
