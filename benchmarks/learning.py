@@ -613,8 +613,9 @@ last {cfg.holdout_frames} frames, which are neither trained on nor used to choos
 **Scale and hardware.** {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU;
 torch {torch.__version__}. Initialisation training: configs/train_tiny.yaml at {cfg.image_px} px,
 {cfg.init_steps} steps ({init and init.get("steps", "?")} done); fine-tuning: {cfg.finetune_steps} steps per
-person. Fine-tuning groups done: {done} of {len(row)}. Compute time of the finished parts (each measured in
-the sitting that ran it): {compute_min:.1f} min; wall time of this sitting: {wall_min:.1f} min. The GPU part
+person. Fine-tuning groups done: {done} of {len(row)}. Compute time of the finished parts:
+{compute_min:.1f} min (each timed in the sitting that finished it: a part resumed across sittings counts its
+last one only); wall time of this sitting: {wall_min:.1f} min. The GPU part
 (a short 256 px initialisation with its throughput and sample grid) needs a GPU: not run on this machine.
 Metrics: masked average pixel distance (0-255 RGB units, lower is better), KID per person and FID pooled
 over the held-out people, both on dlib's face-identity features (not Inception's: not comparable with
