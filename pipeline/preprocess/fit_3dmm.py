@@ -236,6 +236,17 @@ def _fit_video(
 
     candidates = basis.candidate_points(identity, expression)
     camera = estimate_camera_affine(candidates[:, :, 0], landmarks_px, weights)
+    # A frame without landmark weight (dropped as unreliable) has no camera of its own: it starts from the
+    # nearest weighted frame's, and the pose smoothness carries it (an affine fit to nothing has scale 0).
+    weighted = np.flatnonzero(weights.sum(1) > 0)
+    if len(weighted) == 0:
+        raise FitDiverged("no frame has landmark weight: every frame was dropped as unreliable")
+    if len(weighted) < n_frames:
+        frames = np.arange(n_frames)
+        right = np.clip(np.searchsorted(weighted, frames), 0, len(weighted) - 1)
+        left = np.clip(right - 1, 0, len(weighted) - 1)
+        closer = np.where(np.abs(weighted[left] - frames) <= np.abs(weighted[right] - frames), left, right)
+        camera = camera[weighted[closer]]
     # The model's landmarks in the image, at their standard vertices: parameters moving, not the jaw
     # contour's choice of vertices switching, is what the convergence measure counts.
     model_px = project_xy_numpy(candidates[:, :, 0], camera)

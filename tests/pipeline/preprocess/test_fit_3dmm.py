@@ -179,3 +179,19 @@ def test_asymmetry_prior_keeps_oppositely_turned_halves_together(ict_model):
     assert asymmetry[1] < 0.2 * asymmetry[0], asymmetry
     assert distance[1] < 0.75 * distance[0], distance
     assert errors[1] < 1.1 * errors[0] + 1e-3, errors
+
+
+def test_frames_without_landmark_weight_take_their_neighbours_camera(ict_model):
+    """Frames dropped as unreliable (weight 0) have no camera of their own; an affine start fitted to
+    nothing had scale 0 and the smoothing step met log(0) (the learning study's refits of generated clips
+    crashed so). They start from the nearest weighted frame's camera; a track with no weight is rejected."""
+    track = synthetic_track(ict_model, 30, seed=0, max_yaw_deg=20.0, noise_px=0.5)
+    weights = track.weights.copy()
+    weights[10:13] = 0
+    gap = F.fit_video(ict_model, track.landmarks_px, weights)
+    full = F.fit_video(ict_model, track.landmarks_px, track.weights)
+    assert np.isfinite(gap.camera).all() and np.all(gap.camera[:, SCALE] > 0)
+    scale = full.camera[:, SCALE].mean()
+    assert np.abs(gap.camera[10:13, SCALE] - full.camera[10:13, SCALE]).max() < 0.02 * scale
+    with pytest.raises(FitDiverged):
+        F.fit_video(ict_model, track.landmarks_px, np.zeros_like(weights))
