@@ -350,9 +350,6 @@ class Study:
             except VideoRejected as err:
                 error = float("nan")
                 self.log(f"{out.name}: no refit of the output ({err.reason}), expression error n/a")
-            except ValueError as err:  # the camera solve meets a NaN on some generated clips: a known bug
-                error = float("nan")
-                self.log(f"{out.name}: the refit of the output failed ({err}), expression error n/a")
             sheet = out.with_suffix(".png")
             media.write_png(str(sheet), frame_strip_rows(strip))
             tracker.log_artifact(str(sheet), "cross")
