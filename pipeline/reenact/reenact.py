@@ -80,6 +80,7 @@ class ReenactConfig:
     output_px: side of the written crops (the generator's frames are resized to it); a canvas keeps its
         video's size.
     chunk_frames: frames rendered and synthesised per chunk (bounds memory; the output is the same).
+    crf: libx264's quality of the written video (0 lossless, 18 visually lossless).
     watermark: draw a visible "SYNTHETIC" mark in a corner (the file's metadata says so either way).
     precision: ``bf16`` autocasts the generator on CUDA.
     identity_check_frames: output frames (evenly spaced) whose face identity is compared with the person's
@@ -94,6 +95,7 @@ class ReenactConfig:
     side_by_side: bool = False
     output_px: int = 256
     chunk_frames: int = 64
+    crf: int = 18
     watermark: bool = True
     precision: Literal["bf16", "fp32"] = "bf16"
     identity_check_frames: int = 16
@@ -228,7 +230,7 @@ def reenact(
         crops = recon.landmarks.crops
         fps = recon.landmarks.fps or 25.0
         marks = provenance_metadata(person_uri, source_uri, cfg)
-        writer = media.VideoWriter(out_uri, fps=fps, audio_from=source_path, metadata=marks)
+        writer = media.VideoWriter(out_uri, fps=fps, audio_from=source_path, metadata=marks, crf=cfg.crf)
         video = stack.enter_context(writer)
         t_render = t_synth = t_write = 0.0
         for first in range(0, frame_count, cfg.chunk_frames):
@@ -346,7 +348,7 @@ def reenact_stream(
     model = load_morphable_model(cfg.source.model.path)
     capture_fps = cv2.VideoCapture(int(source) if source.isdigit() else source).get(cv2.CAP_PROP_FPS) or 25.0
     marks = provenance_metadata(person_uri, source, cfg)
-    with media.VideoWriter(out_uri, fps=capture_fps, metadata=marks) as video:
+    with media.VideoWriter(out_uri, fps=capture_fps, metadata=marks, crf=cfg.crf) as video:
 
         def sink(crop: np.ndarray, nmfc: np.ndarray, result: np.ndarray) -> None:
             frame = _resize(result, cfg.output_px)
