@@ -25,7 +25,7 @@ def test_learning_study_runs_every_part_and_resumes_from_its_cache(tmp_path, sha
     assert all(np.isfinite(v) and 0 < v < 255 for v in scores), summary
     # The full model on the default frames with seed 0 is one group, shared by all three tables.
     assert summary["table2"]["init, seed 0"] == summary["table3"]["full"] == summary["table1"]["24 frames"]
-    assert summary["init_vs_random"].startswith("init ") and "seeds" in summary["init_vs_random"]
+    assert summary["init_vs_random"].startswith("Init vs random: ") and "spread" in summary["init_vs_random"]
     assert len(summary["cross"]) == 2
     for pair in summary["cross"].values():
         assert -1 <= pair["identity_cosine_to_target"] <= 1 and -1 <= pair["identity_cosine_to_source"] <= 1

@@ -80,8 +80,8 @@ def test_unit_prior_weight_threshold_equals_the_log_odds_sum():
 
 
 def test_colour_model_gives_the_same_masks_on_a_rerun():
-    """GrabCut's k-means draws from OpenCV's global RNG; without a seed a second call differed in 1833
-    pixels of 20 shared frames, so a rerun of a video changed its training targets."""
+    """GrabCut's k-means draws from OpenCV's global RNG; without a seed a second call gave other key-frame
+    segmentations, hence other colour tables, so a rerun of a video changed its training targets."""
     images, faces, _ = synthetic_person()
     images = np.clip(images.astype(np.int16) + np.random.default_rng(4).normal(0, 25, images.shape), 0, 255)
     images = images.astype(np.uint8)
