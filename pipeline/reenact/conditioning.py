@@ -145,19 +145,35 @@ def adapt_pose(
         raise ValueError(f"unknown pose mode {config.mode!r}; use 'source_pose' or 'target_pose'")
     if len(source) == 0:
         return source.clone()
-    ratio = target[:, SCALE].mean() / source[:, SCALE].mean()  # ratio of mean head sizes
-    adapted = source.clone()  # rotation (pitch, yaw, roll): the source's own
-    adapted[:, SCALE] = source[:, SCALE] * ratio
-    xy = [TX, TY]
-    shift = source[:, xy] - source[:, xy].mean(0)
-    adapted[:, xy] = target[:, xy].mean(0) + shift * ratio
-    if config.clamp_translation:
-        low = target[:, xy].amin(0) - config.translation_margin_px
-        high = target[:, xy].amax(0) + config.translation_margin_px
-        adapted[:, xy] = torch.maximum(torch.minimum(adapted[:, xy], high), low)
+    margin = config.translation_margin_px if config.clamp_translation else None
+    adapted = carry_pose(source, source[:, SCALE].mean(), source[:, [TX, TY]].mean(0), target, margin)
     adapted[:, TZ] = target[:, TZ].mean()
     smoothed = [TX, TY, SCALE]
     adapted[:, smoothed] = gaussian_smooth(adapted[:, smoothed], config.smooth_sigma_frames)
+    return adapted
+
+
+def carry_pose(
+    camera: torch.Tensor,
+    reference_scale: torch.Tensor | float,
+    reference_txy: torch.Tensor,
+    target: torch.Tensor,
+    margin_px: float | None,
+) -> torch.Tensor:
+    """A driver's cameras carried onto the target's framing by ``adapt_pose``'s rules: camera (T, 7), the
+    driver's reference scale () and translation (2,), target (N, 7) the target's cameras, all float64 in
+    the same pixels -> (T, 7) float64. Scale times a(s_tgt) / reference_scale; translation a(t_tgt) +
+    (t - reference_txy) * that ratio, clamped to the target's range widened by ``margin_px`` (None: not
+    clamped); rotation and depth the driver's own. ``adapt_pose`` takes the driver's means over the whole
+    video as the reference, the live stream those of its warm-up frames."""
+    ratio = target[:, SCALE].mean() / reference_scale  # ratio of mean head sizes
+    adapted = camera.clone()
+    adapted[:, SCALE] = camera[:, SCALE] * ratio
+    xy = [TX, TY]
+    adapted[:, xy] = target[:, xy].mean(0) + (camera[:, xy] - reference_txy) * ratio
+    if margin_px is not None:
+        low, high = target[:, xy].amin(0) - margin_px, target[:, xy].amax(0) + margin_px
+        adapted[:, xy] = torch.maximum(torch.minimum(adapted[:, xy], high), low)
     return adapted
 
 

@@ -36,7 +36,7 @@ from pipeline.preprocess.fit_3dmm import FitConfig, fit_config_for
 from pipeline.preprocess.landmarks import FrameLandmarks, LandmarkConfig
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.track_parts import FaceTrackConfig
-from pipeline.reenact.conditioning import pose_outside_range
+from pipeline.reenact.conditioning import carry_pose, pose_outside_range
 from pipeline.reenact.online_fit import OnlineFitConfig, OnlineFitter
 from pipeline.reenact.synthesis import StreamingSynthesizer
 
@@ -138,22 +138,22 @@ class StreamAnalyzer:
 
     def _nmfc(self, expression: np.ndarray, camera: np.ndarray, crop_px: int) -> torch.Tensor:
         """The person's identity with the driver's expression and head pose carried over as the batch path
-        does (``conditioning.adapt_pose``), with the driver's warm-up frames as its reference: the driver's
-        scale and translation relative to their mean, applied to the person's mean framing and clamped to
-        the person's range. camera (7,) in driver crop pixels (``crop_px``) -> NMFC (3, P, P) in [-1, 1]."""
+        does (``conditioning.carry_pose``, the rules of ``adapt_pose``), with the driver's warm-up frames as
+        its reference: the driver's scale and translation relative to their mean, applied to the person's
+        mean framing and clamped to the person's range. camera (7,) in driver crop pixels (``crop_px``) ->
+        NMFC (3, P, P) in [-1, 1]."""
         stats = self.person.statistics
-        target = stats.cameras.double().numpy()  # (N, 7) in the person's crop pixels
         to_person = stats.crop_px / crop_px
 
-        def person_txy(txy: np.ndarray) -> np.ndarray:
-            return (txy + 0.5) * to_person - 0.5
+        def person_txy(txy: np.ndarray | torch.Tensor) -> torch.Tensor:
+            # The driver's crop pixels -> the person's, where the person's cameras (N, 7) are.
+            return (torch.as_tensor(txy, dtype=torch.float64) + 0.5) * to_person - 0.5
 
-        ratio = target[:, SCALE].mean() / (self.reference[0] * to_person)
-        adapted = camera.copy()
-        adapted[SCALE] = camera[SCALE] * to_person * ratio
-        shift = person_txy(camera[[TX, TY]]) - person_txy(self.reference[1])
-        low, high = target[:, [TX, TY]].min(0), target[:, [TX, TY]].max(0)
-        adapted[[TX, TY]] = np.clip(target[:, [TX, TY]].mean(0) + shift * ratio, low, high)
+        driver = torch.as_tensor(camera, dtype=torch.float64)[None].clone()
+        driver[:, SCALE] *= to_person
+        driver[:, [TX, TY]] = person_txy(driver[:, [TX, TY]])
+        reference_scale, reference_txy = self.reference[0] * to_person, person_txy(self.reference[1])
+        adapted = carry_pose(driver, reference_scale, reference_txy, stats.cameras.double(), margin_px=0.0)[0]
         # The person's crop pixels -> the generator's size.
         to_size = self.size / stats.crop_px
         adapted[SCALE] *= to_size
@@ -161,7 +161,7 @@ class StreamAnalyzer:
         params = (
             stats.identity_coefficients[None].float(),
             torch.as_tensor(expression, dtype=torch.float32)[None],
-            torch.as_tensor(adapted, dtype=torch.float32)[None],
+            adapted.float()[None],
         )
         image = self.renderer.render(*params, uint8=True).image[0]
         return image.permute(2, 0, 1).float() / 127.5 - 1

@@ -12,6 +12,7 @@ from pipeline.reenact.conditioning import (
     FaceParams,
     PoseAdaptConfig,
     adapt_pose,
+    carry_pose,
     gaussian_smooth,
     ping_pong_indices,
     pose_outside_range,
@@ -70,6 +71,28 @@ def test_translation_clamped_to_the_target_range():
     assert (wide[:, [TX, TY]] >= low - 10 - 1e-9).all() and (wide[:, [TX, TY]] < low - 1).any()
     free = adapt_pose(source, target, PoseAdaptConfig(smooth_sigma_frames=0.0, clamp_translation=False))
     assert (free[:, [TX, TY]] < low - 20).any()
+
+
+def test_carry_pose_frame_by_frame_with_a_reference_as_the_live_stream_does():
+    source = _cameras(40, 4, scale=4.0, centre=(300.0, 200.0), wander=10.0)
+    target = _cameras(25, 5, scale=8.0, centre=(128.0, 120.0), wander=30.0)
+    batch = adapt_pose(source, target, NO_SMOOTH)
+    scale, txy = source[:, SCALE].mean(), source[:, [TX, TY]].mean(0)
+    # One frame at a time with the whole video's means as the reference: the batch path's cameras (but the
+    # depth, which adapt_pose alone sets to the target's).
+    kept = [PITCH, YAW, ROLL, TX, TY, SCALE]
+    for t in (0, 17, 39):
+        frame = carry_pose(source[t : t + 1], scale, txy, target, margin_px=0.0)[0]
+        torch.testing.assert_close(frame[kept], batch[t, kept])
+        assert frame[TZ] == source[t, TZ]
+    # A reference 2 px to the right puts the head 2 * ratio px further left; a larger reference scale
+    # shrinks it.
+    ratio = target[:, SCALE].mean() / scale
+    moved = carry_pose(source, scale, txy + torch.tensor([2.0, 0.0], dtype=torch.float64), target, None)
+    unclamped = carry_pose(source, scale, txy, target, None)
+    torch.testing.assert_close(moved[:, TX], unclamped[:, TX] - 2 * ratio)
+    smaller = carry_pose(source, 2 * scale, txy, target, None)
+    torch.testing.assert_close(smaller[:, SCALE], unclamped[:, SCALE] / 2)
 
 
 def test_smoothing_removes_jitter_and_keeps_the_trajectory():
