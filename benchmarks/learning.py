@@ -219,9 +219,9 @@ class Study:
         """The initialisation training's masked L1 (step, value), from its MLflow run (named by its key)."""
         if self.init_entry is None:
             return []
-        default = local_store_uri(str(self.out))
-        runs = find_runs(TrackingConfig(), "mlflow.runName", self.init_entry["key"], default_uri=default)
-        return metric_history(TrackingConfig(), runs[0], "l1_masked", default_uri=default) if runs else []
+        tracking, default = TrackingConfig(), local_store_uri(str(self.out))
+        runs = find_runs(tracking, "mlflow.runName", self.init_entry["key"], default_uri=default)
+        return metric_history(tracking, runs[0], "l1_masked", default_uri=default) if runs else []
 
     def random_checkpoint(self, init_uri: str, seed: int) -> str:
         """The init checkpoint's networks, configuration and vocabulary with freshly initialised weights."""
