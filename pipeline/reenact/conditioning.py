@@ -177,6 +177,15 @@ def carry_pose(
     return adapted
 
 
+def rescale_cameras(camera: torch.Tensor, from_px: int, to_px: int) -> torch.Tensor:
+    """Cameras (T, 7) of crops of ``from_px`` pixels to crops of ``to_px`` (camera.py's pixel centres)."""
+    ratio = to_px / from_px
+    out = camera.clone()
+    out[:, SCALE] *= ratio
+    out[:, [TX, TY]] = (out[:, [TX, TY]] + 0.5) * ratio - 0.5
+    return out
+
+
 def reenactment_parameters(
     target: FaceParams, source: FaceParams, config: PoseAdaptConfig = PoseAdaptConfig()
 ) -> FaceParams:

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from infra import storage
-from model.face3d.camera import SCALE, TX, TY
 from model.face3d.loader import load_morphable_model
 from pipeline import media
 from pipeline.evaluate.identity_features import identity_features, identity_similarity
@@ -44,6 +43,7 @@ from pipeline.reenact.conditioning import (
     ping_pong_indices,
     pose_outside_range,
     reenactment_parameters,
+    rescale_cameras,
 )
 from pipeline.reenact.stream import StreamConfig, frames_from, run_stream
 from pipeline.reenact.synthesis import StreamingSynthesizer
@@ -126,16 +126,6 @@ def background_image(spec: str, person: PersonModel, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _to_person_pixels(camera: torch.Tensor, from_px: int, to_px: int) -> torch.Tensor:
-    """Cameras (T, 7) of crops of ``from_px`` pixels to crops of ``to_px`` (camera.py's pixel centres)."""
-    ratio = to_px / from_px
-    out = camera.clone()
-    out[:, SCALE] *= ratio
-    out[:, [TX, TY]] = (out[:, [TX, TY]] + 0.5) * ratio - 0.5
-    return out
-
-
-
 def mark(image: np.ndarray) -> np.ndarray:
     """The visible synthetic mark, bottom right: image (H, W, 3) uint8 -> a marked copy."""
     out = np.ascontiguousarray(image).copy()
@@ -195,7 +185,7 @@ def reenact(
         cameras = stats.cameras.double()
         if canvas is not None:  # the canvas video's own cameras, so that its frames and the head agree
             canvas_cameras = torch.tensor(canvas.cameras)
-            cameras = _to_person_pixels(canvas_cameras, canvas.track.crop_size, stats.crop_px)
+            cameras = rescale_cameras(canvas_cameras, canvas.track.crop_size, stats.crop_px)
         target = FaceParams(
             identity=stats.identity_coefficients,
             expression=torch.zeros(len(cameras), model.n_expression),
@@ -208,7 +198,7 @@ def reenact(
         )
         source_px = recon.landmarks.crop_size
         # Pose adaptation works in the person's crop pixels; the source's cameras are scaled to them first.
-        source = source._replace(camera=_to_person_pixels(source.camera, source_px, stats.crop_px))
+        source = source._replace(camera=rescale_cameras(source.camera, source_px, stats.crop_px))
         pose_mode = "target_pose" if cfg.mode == "expression" else "source_pose"
         pose = dataclasses.replace(cfg.pose, mode=pose_mode)
         # The pose is adapted over the whole source at once (its smoothing sees every frame).
@@ -236,7 +226,7 @@ def reenact(
         for first in range(0, frame_count, cfg.chunk_frames):
             chunk = slice(first, first + cfg.chunk_frames)
             t0 = time.perf_counter()
-            camera = _to_person_pixels(params.camera[chunk].double(), stats.crop_px, size).float()
+            camera = rescale_cameras(params.camera[chunk].double(), stats.crop_px, size).float()
             identity, expression = params.identity[chunk], params.expression[chunk]
             images = renderer.render(identity, expression, camera, uint8=True).image  # (t, H, W, 3)
             nmfc = images.permute(0, 3, 1, 2).float() / 127.5 - 1

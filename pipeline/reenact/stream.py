@@ -36,7 +36,7 @@ from pipeline.preprocess.fit_3dmm import FitConfig, fit_config_for
 from pipeline.preprocess.landmarks import FrameLandmarks, LandmarkConfig
 from pipeline.preprocess.nmfc import NmfcConfig, NmfcRenderer
 from pipeline.preprocess.track_parts import FaceTrackConfig
-from pipeline.reenact.conditioning import carry_pose, pose_outside_range
+from pipeline.reenact.conditioning import carry_pose, pose_outside_range, rescale_cameras
 from pipeline.reenact.online_fit import OnlineFitConfig, OnlineFitter
 from pipeline.reenact.synthesis import StreamingSynthesizer
 
@@ -102,7 +102,7 @@ class StreamAnalyzer:
         self.count = 0
         self.warmup: list[tuple[np.ndarray, np.ndarray]] = []
         self.signal: tuple[np.ndarray, np.ndarray] | None = None
-        self.reference: tuple[float, np.ndarray] | None = None  # the driver's mean scale and translation
+        self.reference: np.ndarray | None = None  # (7,) the driver's mean camera over the warm-up
         self.warned = False
 
     def _timed(self, stage: str, start: float) -> float:
@@ -143,25 +143,15 @@ class StreamAnalyzer:
         mean framing and clamped to the person's range. camera (7,) in driver crop pixels (``crop_px``) ->
         NMFC (3, P, P) in [-1, 1]."""
         stats = self.person.statistics
-        to_person = stats.crop_px / crop_px
-
-        def person_txy(txy: np.ndarray | torch.Tensor) -> torch.Tensor:
-            # The driver's crop pixels -> the person's, where the person's cameras (N, 7) are.
-            return (torch.as_tensor(txy, dtype=torch.float64) + 0.5) * to_person - 0.5
-
-        driver = torch.as_tensor(camera, dtype=torch.float64)[None].clone()
-        driver[:, SCALE] *= to_person
-        driver[:, [TX, TY]] = person_txy(driver[:, [TX, TY]])
-        reference_scale, reference_txy = self.reference[0] * to_person, person_txy(self.reference[1])
-        adapted = carry_pose(driver, reference_scale, reference_txy, stats.cameras.double(), margin_px=0.0)[0]
-        # The person's crop pixels -> the generator's size.
-        to_size = self.size / stats.crop_px
-        adapted[SCALE] *= to_size
-        adapted[[TX, TY]] = (adapted[[TX, TY]] + 0.5) * to_size - 0.5
+        # The driver's camera and reference to the person's crop pixels, where the person's cameras are.
+        driver = torch.as_tensor(np.stack([camera, self.reference]), dtype=torch.float64)
+        driver = rescale_cameras(driver, crop_px, stats.crop_px)
+        reference = driver[1]
+        adapted = carry_pose(driver[:1], reference[SCALE], reference[[TX, TY]], stats.cameras.double(), 0.0)
         params = (
             stats.identity_coefficients[None].float(),
             torch.as_tensor(expression, dtype=torch.float32)[None],
-            adapted.float()[None],
+            rescale_cameras(adapted, stats.crop_px, self.size).float(),  # to the generator's size
         )
         image = self.renderer.render(*params, uint8=True).image[0]
         return image.permute(2, 0, 1).float() / 127.5 - 1
@@ -188,7 +178,7 @@ class StreamAnalyzer:
             if len(self.warmup) < self.cfg.online.warmup_frames:
                 return []
             expressions, cameras = self.fitter.start(np.stack([lm for _, lm in self.warmup]))
-            self.reference = (float(cameras[:, SCALE].mean()), cameras[:, [TX, TY]].mean(0))
+            self.reference = cameras.mean(0)
             t = self._timed("fit_s", t)
             out = [(c, self._nmfc(e, k, size)) for (c, _), e, k in zip(self.warmup, expressions, cameras)]
             self.signal = (expressions[-1], cameras[-1])
